@@ -1,7 +1,26 @@
 //! inferscale worker: an OpenAI-compatible endpoint that spends a budget of N upstream calls per
 //! request and returns the best answer (self-consistency voting or best-of-n with an LLM judge).
 //!
-//! Without the default `server` feature only [`config`] is built; the operator uses it to write
-//! the worker's configuration.
+//! Layout: [`api`] (thin HTTP handlers) → [`algorithms`] (fan-out, vote, best-of-n) →
+//! [`judge`] and [`providers`] (one module per upstream family behind one trait). [`config`] is
+//! the configuration type shared with the operator; without the default `server` feature only
+//! it is built.
 
 pub mod config;
+
+#[cfg(feature = "server")]
+pub mod algorithms;
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod judge;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod providers;
+#[cfg(feature = "server")]
+mod rand;
+#[cfg(feature = "server")]
+pub mod runtime;
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,84 @@
+//! `POST /configure`: validate fully, then swap the runtime in one atomic store. Requests that
+//! already started keep the runtime they loaded.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::config::{ConfigError, WorkerConfig};
+use crate::runtime::Runtime;
+
+/// Reply of a successful `/configure`. Never contains a secret.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ConfigureResponse {
+    pub status: &'static str,
+    pub message: String,
+    pub model: String,
+    pub alg: &'static str,
+    pub default_budget: u32,
+    pub max_budget: u32,
+}
+
+pub async fn configure(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ConfigureResponse>, ApiError> {
+    app.access.check_admin(&headers)?;
+    let bytes = super::read_body(body, app.max_body_bytes).await?;
+    let result = apply(&app, &bytes);
+    app.metrics
+        .configure
+        .with_label_values(&[if result.is_ok() {
+            "success"
+        } else {
+            "rejected"
+        }])
+        .inc();
+    result.map(Json)
+}
+
+fn apply(app: &AppState, bytes: &[u8]) -> Result<ConfigureResponse, ApiError> {
+    let cfg: WorkerConfig =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let param = (path != ".").then_some(path);
+                ApiError::bad_request(format!("invalid configuration: {inner}"), param)
+            })?;
+    if cfg.server.is_some() {
+        return Err(ApiError::bad_request(
+            "server settings can only be set in the config file, not through /configure",
+            Some("server".to_owned()),
+        ));
+    }
+    let runtime = Runtime::build(&cfg, &app.metrics, &app.env).map_err(config_error)?;
+    let reply = ConfigureResponse {
+        status: "success",
+        message: format!(
+            "Initialized {} with {} algorithm",
+            runtime.model,
+            runtime.algorithm.as_str()
+        ),
+        model: runtime.model.clone(),
+        alg: runtime.algorithm.as_str(),
+        default_budget: runtime.default_budget,
+        max_budget: runtime.max_budget,
+    };
+    tracing::info!(model = %runtime.model, alg = runtime.algorithm.as_str(), "configuration applied");
+    app.runtime.store(Some(Arc::new(runtime)));
+    Ok(reply)
+}
+
+pub(crate) fn config_error(e: ConfigError) -> ApiError {
+    let param = e.param().map(str::to_owned);
+    ApiError::bad_request(e.to_string(), param)
+}

@@ -1,0 +1,142 @@
+//! The HTTP API: thin handlers over the algorithm engine.
+
+mod chat;
+mod configure;
+pub mod error;
+mod meta;
+pub mod openapi;
+pub mod request;
+pub mod response;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Uri, header};
+use axum::routing::{get, post};
+
+use crate::config::LiveSecret;
+use crate::metrics::Metrics;
+use crate::runtime::{Env, Runtime};
+use error::ApiError;
+
+/// Largest request body accepted by default.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Shared by every handler. The runtime is swapped atomically by `/configure`; reads are
+/// lock-free.
+pub struct AppState {
+    pub runtime: ArcSwapOption<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub access: Access,
+    pub env: Env,
+    pub max_body_bytes: usize,
+}
+
+/// Who may call what.
+#[derive(Default)]
+pub struct Access {
+    /// Client keys (one per line); when set, `/v1` routes need `Authorization: Bearer <key>`.
+    pub api_keys: Option<LiveSecret>,
+    /// Whether `/configure` is served at all.
+    pub allow_configure: bool,
+    /// When set, `/configure` needs `Authorization: Bearer <token>`.
+    pub admin_token: Option<LiveSecret>,
+}
+
+impl Access {
+    pub fn check_client(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(keys) = &self.api_keys else {
+            return Ok(());
+        };
+        let token = bearer(headers).ok_or(ApiError::Unauthorized(
+            "Missing API key: send it as 'Authorization: Bearer <key>'.",
+        ))?;
+        let keys = keys.get();
+        if keys
+            .lines()
+            .map(str::trim)
+            .any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), token.as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("Incorrect API key provided."))
+        }
+    }
+
+    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.allow_configure {
+            return Err(ApiError::Forbidden(
+                "POST /configure is disabled: this worker's configuration comes from its config file".into(),
+            ));
+        }
+        let Some(admin) = &self.admin_token else {
+            return Ok(());
+        };
+        match bearer(headers) {
+            Some(t) if constant_time_eq(admin.get().as_bytes(), t.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::Unauthorized("Incorrect admin token provided.")),
+            None => Err(ApiError::Unauthorized(
+                "Missing admin token: send it as 'Authorization: Bearer <token>'.",
+            )),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Comparison whose duration does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The worker's routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(meta::models))
+        .route("/models", get(meta::models))
+        .route("/configure", post(configure::configure))
+        .route("/health", get(meta::health))
+        .route("/ready", get(meta::ready))
+        .route("/metrics", get(meta::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies are read by the handlers themselves, with their own limit and error envelope.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Reads a request body up to the limit.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // axum wraps http-body-util's `LengthLimitError`; its message is the stable signal.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.to_string().contains("length limit exceeded") {
+                return ApiError::PayloadTooLarge(limit);
+            }
+            source = s.source();
+        }
+        ApiError::bad_request(format!("could not read the request body: {e}"), None)
+    })
+}

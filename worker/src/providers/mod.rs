@@ -1,0 +1,316 @@
+//! The provider boundary: every upstream (OpenAI, any OpenAI-compatible server, later Bedrock)
+//! implements [`ChatProvider`]. A request is *prepared* once — its upstream body built and
+//! serialised a single time — and then *sent* once per candidate, so a budget of N costs N
+//! network calls and no re-serialisation.
+
+pub mod openai;
+mod retry;
+pub mod routing;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+pub use retry::RetryPolicy;
+
+/// A boxed future, so the trait stays object-safe (one `Arc<dyn ChatProvider>` per runtime).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What an algorithm asks of an upstream: one chat completion per call.
+pub trait ChatProvider: Send + Sync + 'static {
+    /// Provider family for metrics and logs (`openai`, `openai-compatible`, `bedrock`).
+    fn kind(&self) -> &'static str;
+    /// Upstream model name (prefix stripped), also the metrics label.
+    fn model(&self) -> &str;
+    /// Builds the upstream request once. `body` is an OpenAI chat request without the
+    /// worker's own fields; the provider sets the model and translates as needed.
+    fn prepare(&self, body: Map<String, Value>) -> Result<PreparedCall, ProviderError>;
+    /// Sends one prepared call (with the provider's retries and concurrency limit).
+    fn send<'a>(
+        &'a self,
+        call: &'a PreparedCall,
+    ) -> BoxFuture<'a, Result<Completion, UpstreamError>>;
+}
+
+/// An upstream request ready to send any number of times.
+#[derive(Debug, Clone)]
+pub struct PreparedCall {
+    pub body: Bytes,
+}
+
+/// One upstream answer: usually one candidate, several when the upstream was asked for `n`.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub candidates: Vec<Candidate>,
+    pub usage: Usage,
+    pub system_fingerprint: Option<String>,
+}
+
+/// One candidate answer, kept verbatim and pre-digested for voting.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The assistant message exactly as the upstream returned it (OpenAI shape).
+    pub message: Value,
+    pub finish_reason: Option<String>,
+    /// Text content: a string, or the text parts of a list joined by a space.
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Option<Value>,
+}
+
+/// A tool call as voted on: name and raw JSON arguments string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// Token usage; summed over every call of a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+    }
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// A provider could not be built or a request could not be translated for it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Translate(String),
+}
+
+/// Why one upstream call failed (after retries). Messages never contain credentials.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream answered {status}: {message}")]
+    Status {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("the upstream answered with an unreadable body: {0}")]
+    Malformed(String),
+    #[error("the upstream connection failed: {0}")]
+    Transport(String),
+}
+
+impl UpstreamError {
+    /// Worth another attempt: connection problems, 408, 429 and 5xx.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Transport(_) => true,
+            UpstreamError::Status { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
+            UpstreamError::Timeout(_) | UpstreamError::Malformed(_) => false,
+        }
+    }
+
+    /// A bounded label for metrics.
+    pub fn status_label(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect_error",
+            UpstreamError::Transport(_) => "transport_error",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Malformed(_) => "malformed",
+            UpstreamError::Status { status, .. } => match status {
+                400 => "400",
+                401 => "401",
+                403 => "403",
+                404 => "404",
+                408 => "408",
+                422 => "422",
+                429 => "429",
+                500 => "500",
+                502 => "502",
+                503 => "503",
+                504 => "504",
+                400..=499 => "4xx",
+                _ => "5xx",
+            },
+        }
+    }
+}
+
+/// Shared by every provider built from one configuration.
+pub type SharedProvider = Arc<dyn ChatProvider>;
+
+/// Parses an OpenAI `chat.completion` body into candidates. Shared by all OpenAI-shaped upstreams.
+pub fn parse_openai_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Malformed(format!("invalid JSON ({e})")))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| UpstreamError::Malformed("expected a JSON object".into()))?;
+    let usage = obj.get("usage").map(parse_usage).unwrap_or_default();
+    let system_fingerprint = obj
+        .get("system_fingerprint")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let Some(Value::Array(choices)) = obj.remove("choices") else {
+        return Err(UpstreamError::Malformed("no `choices` array".into()));
+    };
+    let mut candidates = Vec::with_capacity(choices.len());
+    for choice in choices {
+        let Value::Object(mut choice) = choice else {
+            return Err(UpstreamError::Malformed("a choice is not an object".into()));
+        };
+        let message = choice
+            .remove("message")
+            .filter(Value::is_object)
+            .ok_or_else(|| UpstreamError::Malformed("a choice has no `message` object".into()))?;
+        let finish_reason = choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let logprobs = choice.remove("logprobs").filter(|v| !v.is_null());
+        candidates.push(Candidate::from_message(message, finish_reason, logprobs));
+    }
+    if candidates.is_empty() {
+        return Err(UpstreamError::Malformed("`choices` is empty".into()));
+    }
+    Ok(Completion {
+        candidates,
+        usage,
+        system_fingerprint,
+    })
+}
+
+fn parse_usage(v: &Value) -> Usage {
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+    }
+}
+
+impl Candidate {
+    /// Digests an OpenAI assistant message; the message itself is kept untouched.
+    pub fn from_message(
+        message: Value,
+        finish_reason: Option<String>,
+        logprobs: Option<Value>,
+    ) -> Self {
+        let text = message_text(message.get("content"));
+        let tool_calls = message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| {
+                        let f = c.get("function")?;
+                        Some(ToolCall {
+                            name: f.get("name")?.as_str()?.to_owned(),
+                            arguments: match f.get("arguments") {
+                                Some(Value::String(s)) => s.clone(),
+                                Some(Value::Null) | None => String::new(),
+                                Some(other) => other.to_string(),
+                            },
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            message,
+            finish_reason,
+            text,
+            tool_calls,
+            logprobs,
+        }
+    }
+
+    pub fn has_tool_calls(&self) -> bool {
+        !self.tool_calls.is_empty()
+    }
+}
+
+/// Text of an OpenAI `content`: a string, or the `text` parts of a list joined by a space.
+pub fn message_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tool_call_completion() {
+        let body = br#"{"id":"x","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"call_1","type":"function","function":{"name":"calculator","arguments":"{\"expression\":\"1+1\"}"}}]}}],
+            "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        let c = parse_openai_completion(body).unwrap();
+        assert_eq!(
+            c.usage,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5
+            }
+        );
+        let cand = &c.candidates[0];
+        assert_eq!(
+            cand.tool_calls,
+            vec![ToolCall {
+                name: "calculator".into(),
+                arguments: r#"{"expression":"1+1"}"#.into()
+            }]
+        );
+        assert_eq!(cand.text, "");
+        assert!(cand.message["content"].is_null());
+    }
+
+    #[test]
+    fn list_content_text_parts_are_joined() {
+        let c = Candidate::from_message(
+            serde_json::json!({"role":"assistant","content":[{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}]}),
+            None,
+            None,
+        );
+        assert_eq!(c.text, "a b");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for body in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{"message":1}]}"#,
+        ] {
+            assert!(matches!(
+                parse_openai_completion(body),
+                Err(UpstreamError::Malformed(_))
+            ));
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! OpenAI chat completions over HTTP: OpenAI itself and every OpenAI-compatible server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+
+use super::retry::parse_retry_after;
+use super::{
+    BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy, UpstreamError,
+};
+use crate::config::LiveSecret;
+
+/// Longest error body kept from an upstream (enough for any error message).
+const ERROR_BODY_LIMIT: usize = 4096;
+
+pub struct OpenAiProvider {
+    kind: &'static str,
+    url: String,
+    model: String,
+    api_key: Option<Arc<LiveSecret>>,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    call_timeout: Duration,
+    limit: Arc<Semaphore>,
+}
+
+/// Everything needed to build an [`OpenAiProvider`].
+pub struct OpenAiSettings {
+    pub kind: &'static str,
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<Arc<LiveSecret>>,
+    pub client: reqwest::Client,
+    pub retry: RetryPolicy,
+    pub call_timeout: Duration,
+    pub limit: Arc<Semaphore>,
+}
+
+impl OpenAiProvider {
+    pub fn new(s: OpenAiSettings) -> Self {
+        Self {
+            kind: s.kind,
+            url: format!("{}/chat/completions", s.base_url.trim_end_matches('/')),
+            model: s.model,
+            api_key: s.api_key,
+            client: s.client,
+            retry: s.retry,
+            call_timeout: s.call_timeout,
+            limit: s.limit,
+        }
+    }
+
+    async fn send_once(&self, body: &Bytes) -> Result<Completion, UpstreamError> {
+        let key = self.api_key.as_ref().map(|k| k.get());
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .timeout(self.call_timeout)
+            .body(body.clone());
+        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = parse_retry_after(
+                resp.headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let message = error_message(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
+            return Err(UpstreamError::Status {
+                status: status.as_u16(),
+                message: redact(message, key.as_deref()),
+                retry_after,
+            });
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        super::parse_openai_completion(&bytes)
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
+        // reqwest's Display includes the URL but never headers, so the key cannot leak here.
+        if e.is_timeout() {
+            UpstreamError::Timeout(self.call_timeout)
+        } else if e.is_connect() {
+            UpstreamError::Connect(root_cause(&e))
+        } else {
+            UpstreamError::Transport(root_cause(&e))
+        }
+    }
+}
+
+impl ChatProvider for OpenAiProvider {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn prepare(&self, mut body: Map<String, Value>) -> Result<PreparedCall, ProviderError> {
+        body.insert("model".to_owned(), Value::String(self.model.clone()));
+        let bytes =
+            serde_json::to_vec(&body).map_err(|e| ProviderError::Translate(e.to_string()))?;
+        Ok(PreparedCall {
+            body: Bytes::from(bytes),
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        call: &'a PreparedCall,
+    ) -> BoxFuture<'a, Result<Completion, UpstreamError>> {
+        Box::pin(async move {
+            // The permit bounds calls in flight to this upstream across all requests.
+            let _permit = self
+                .limit
+                .acquire()
+                .await
+                .map_err(|_| UpstreamError::Transport("shutting down".into()))?;
+            let mut attempt = 0;
+            loop {
+                match self.send_once(&call.body).await {
+                    Err(e) if e.is_retryable() && attempt < self.retry.max_retries => {
+                        let retry_after = match &e {
+                            UpstreamError::Status { retry_after, .. } => *retry_after,
+                            _ => None,
+                        };
+                        tracing::debug!(error = %e, attempt, "retrying upstream call");
+                        tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+}
+
+/// The `error.message` of an OpenAI-style error body, or the body text itself.
+fn error_message(body: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let msg = v
+            .pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("detail"))
+            .or_else(|| v.get("error"));
+        if let Some(Value::String(s)) = msg {
+            return s.clone();
+        }
+    }
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    if text.is_empty() {
+        "(empty body)".to_owned()
+    } else {
+        text
+    }
+}
+
+/// Removes the key from a message, in case an upstream echoes it.
+fn redact(message: String, key: Option<&str>) -> String {
+    match key {
+        Some(k) if k.len() >= 4 && message.contains(k) => message.replace(k, "[redacted]"),
+        _ => message,
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_prefers_openai_envelope() {
+        assert_eq!(
+            error_message(br#"{"error":{"message":"Rate limit","type":"x"}}"#),
+            "Rate limit"
+        );
+        assert_eq!(error_message(b"upstream exploded"), "upstream exploded");
+        assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn redacts_echoed_keys() {
+        assert_eq!(
+            redact("bad key sk-secret1".into(), Some("sk-secret1")),
+            "bad key [redacted]"
+        );
+    }
+}

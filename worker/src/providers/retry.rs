@@ -1,0 +1,83 @@
+//! Retries with exponential backoff and full jitter, honouring `Retry-After`.
+
+use std::time::Duration;
+
+/// How one upstream call is retried. Only retryable errors (see
+/// [`super::UpstreamError::is_retryable`]) are retried; the request deadline bounds it all.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Longest `Retry-After` honoured; beyond it the call fails rather than stall the fan-out.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+impl RetryPolicy {
+    /// Delay before retry number `attempt` (0-based). `retry_after` from the upstream wins when given.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(MAX_RETRY_AFTER);
+        }
+        let exp = self.base_delay.saturating_mul(1u32 << attempt.min(16));
+        let cap = exp.min(self.max_delay);
+        // Full jitter spreads retries of the N candidates of one request apart.
+        cap.mul_f64(0.5 + 0.5 * crate::rand::unit())
+    }
+}
+
+/// Parses a `Retry-After` header given in seconds (HTTP dates are treated as absent).
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    let secs: f64 = value?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        for attempt in 0..20 {
+            let d = p.delay(attempt, None);
+            let cap = p
+                .base_delay
+                .saturating_mul(1 << attempt.min(16))
+                .min(p.max_delay);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {attempt}: {d:?} vs cap {cap:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_but_is_bounded() {
+        let p = RetryPolicy::default();
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(p.delay(0, Some(Duration::from_secs(3600))), MAX_RETRY_AFTER);
+        assert_eq!(
+            parse_retry_after(Some(" 1.5 ")),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+    }
+}

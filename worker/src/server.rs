@@ -1,0 +1,195 @@
+//! Process setup: settings from flags, environment and the config file; logging; the listener.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::api::{self, Access, AppState, DEFAULT_MAX_BODY_BYTES};
+use crate::config::{DEFAULT_PORT, LiveSecret, LogFormat, SecretValue, WorkerConfig};
+use crate::metrics::Metrics;
+use crate::runtime::{Env, Runtime};
+
+/// Command-line flags. Each has an environment variable; a flag beats the variable, which beats
+/// the config file's `server` block, which beats the default.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "inferscale-worker",
+    version,
+    about = "OpenAI-compatible inference-time-scaling worker"
+)]
+pub struct Cli {
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "INFERSCALE_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8108]
+    #[arg(long, env = "INFERSCALE_PORT")]
+    pub port: Option<u16>,
+    /// Configuration file (YAML or JSON): the `/configure` fields plus a `server` block.
+    #[arg(long, env = "INFERSCALE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, value_enum, env = "INFERSCALE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `inferscale_worker=debug` [default: info]
+    #[arg(long, env = "INFERSCALE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Disable `POST /configure` (the default when --config is given).
+    #[arg(long, conflicts_with = "allow_configure")]
+    pub no_configure: bool,
+    /// Serve `POST /configure` even though --config is given.
+    #[arg(long)]
+    pub allow_configure: bool,
+}
+
+/// Everything needed to start serving.
+pub struct Startup {
+    pub host: String,
+    pub port: u16,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub state: Arc<AppState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot read config file {path}: {reason}")]
+    ReadConfig { path: String, reason: String },
+    #[error("config file {path}: {reason}")]
+    BadConfig { path: String, reason: String },
+}
+
+impl Cli {
+    /// Resolves settings and builds the initial state (configured when a config file is given).
+    pub fn startup(self) -> Result<Startup, StartupError> {
+        let path_str = self
+            .config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let file: Option<WorkerConfig> = match &self.config {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| StartupError::ReadConfig {
+                    path: path_str.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(
+                    WorkerConfig::from_file_text(&text).map_err(|e| StartupError::BadConfig {
+                        path: path_str.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+        };
+        let server = file
+            .as_ref()
+            .and_then(|f| f.server.clone())
+            .unwrap_or_default();
+        let bad = |reason: String| StartupError::BadConfig {
+            path: path_str.clone(),
+            reason,
+        };
+        let secret =
+            |v: Option<SecretValue>, what: &str| -> Result<Option<LiveSecret>, StartupError> {
+                v.map(LiveSecret::new)
+                    .transpose()
+                    .map_err(|e| bad(format!("{what}: {e}")))
+            };
+        let allow_configure = if self.no_configure {
+            false
+        } else {
+            self.allow_configure || server.allow_configure.unwrap_or(file.is_none())
+        };
+        let access = Access {
+            api_keys: secret(
+                server
+                    .api_keys_file
+                    .clone()
+                    .map(|file| SecretValue::File { file }),
+                "server.api_keys_file",
+            )?,
+            allow_configure,
+            admin_token: secret(server.admin_token.clone(), "server.admin_token")?,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let env = Env::from_process();
+        let runtime = match &file {
+            Some(cfg) => Some(Arc::new(
+                Runtime::build(cfg, &metrics, &env).map_err(|e| bad(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let state = Arc::new(AppState {
+            runtime: ArcSwapOption::new(runtime),
+            metrics,
+            access,
+            env,
+            max_body_bytes: server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        });
+        Ok(Startup {
+            host: self
+                .host
+                .or(server.host)
+                .unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port: self.port.or(server.port).unwrap_or(DEFAULT_PORT),
+            log_format: self.log_format.or(server.log_format).unwrap_or_default(),
+            log_level: self
+                .log_level
+                .or(server.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+            state,
+        })
+    }
+}
+
+/// Installs the global tracing subscriber.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Small responses and SSE frames must not wait for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
