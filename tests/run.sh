@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The project's whole test suite — what README's "Run the tests" and CI run.
+#
+# Installs or builds everything it needs (caches under ~/.cache), then runs, in order:
+#   1. cargo fmt --check and clippy -D warnings
+#   2. cargo test --workspace          (unit tests, CRD drift check)
+#   3. pytest tests/python             (worker + simulator, real `openai` client, curl, promtool)
+#   4. the local Kubernetes control plane (tests/k8s/with-cluster.sh): smoke test, operator
+#      integration tests, chart and manifest checks — the control plane is always stopped.
+# Env: SKIP_K8S=1 skips step 4 (for a quick local loop; CI never sets it).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/inferscale
+log() { printf '\n==> %s\n' "$*"; }
+passed=0; failed=0; failed_steps=()
+step() { # step NAME CMD... — runs a step, records the outcome, keeps going
+  local name=$1; shift
+  log "$name"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failed_steps+=("$name"); fi
+}
+
+# --- tools ------------------------------------------------------------------------------------
+need() { command -v "$1" >/dev/null || { echo "tests/run.sh: $1 is required ($2)" >&2; exit 1; }; }
+need cargo "Rust toolchain"; need go "Go 1.26 for the control plane"; need python3 "Python 3.11"; need curl "curl"
+if ! command -v promtool >/dev/null; then
+  log "installing promtool (Debian package prometheus)"
+  if [[ $(id -u) == 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  fi
+fi
+VENV=$CACHE/venv
+req_hash=$(sha256sum tests/python/requirements.txt | cut -c1-16)
+if [[ ! -f $VENV/.req-$req_hash ]]; then
+  log "creating the Python test environment in $VENV"
+  rm -rf "$VENV"; python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$VENV/.req-$req_hash"
+fi
+export PATH="$VENV/bin:$PATH"
+
+# --- Rust -------------------------------------------------------------------------------------
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo build (binaries used by the end-to-end tests)"
+cargo build --workspace --bins --locked
+step "cargo test (unit)" cargo test --workspace --locked
+export INFERSCALE_BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/debug
+
+# --- worker end to end ------------------------------------------------------------------------
+step "pytest tests/python" python -m pytest -q -p no:cacheprovider tests/python
+
+# --- Kubernetes -------------------------------------------------------------------------------
+if [[ ${SKIP_K8S:-0} == 1 ]]; then
+  log "SKIP_K8S=1: skipping the control-plane tests"
+else
+  step "control plane: smoke test, operator, chart" tests/k8s/with-cluster.sh tests/k8s-suite.sh
+fi
+
+log "summary"
+(( failed == 0 )) || printf 'failed step: %s\n' "${failed_steps[@]}"
+echo "steps: $passed passed, $failed failed"
+(( failed == 0 ))
