@@ -2,6 +2,7 @@
 //! A new `/configure` builds a new `Runtime` and swaps it in; requests already running keep the
 //! one they started with.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +15,7 @@ use crate::config::{
 };
 use crate::judge::Judge;
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
 use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
 use crate::providers::routing::{Route, route};
 use crate::providers::{RetryPolicy, SharedProvider};
@@ -82,6 +84,7 @@ impl Runtime {
             &main_route,
             key_for(&main_route, cfg.api_key.as_ref(), env),
             "api_key",
+            cfg.extra_args.as_ref(),
             &client,
             &upstream,
             limit,
@@ -176,6 +179,7 @@ fn build_provider(
     route: &Route,
     key: Option<SecretValue>,
     key_param: &'static str,
+    extra_args: Option<&BTreeMap<String, serde_json::Value>>,
     client: &reqwest::Client,
     upstream: &UpstreamSettings,
     limit: Arc<Semaphore>,
@@ -202,12 +206,22 @@ fn build_provider(
                 limit,
             })))
         }
-        Route::Bedrock { model_id } => Err(err(
-            "model",
-            format!(
-                "model {model_id:?} routes to AWS Bedrock, which this build does not support yet"
-            ),
-        )),
+        // Region, endpoint and credentials come from extra_args and the AWS environment.
+        Route::Bedrock { model_id } => BedrockProvider::build(BedrockSettings {
+            model_id,
+            extra_args,
+            api_key,
+            env: AwsEnv::from_process(),
+            client: client.clone(),
+            retry,
+            call_timeout,
+            limit,
+        })
+        .map(|p| Arc::new(p) as SharedProvider)
+        .map_err(|(param, message)| {
+            // A problem with the Bedrock API key is reported against the key's own field.
+            err(if param == "api_key" { key_param } else { param }, message)
+        }),
     }
 }
 
@@ -243,7 +257,15 @@ fn build_judge(
     let limit = Arc::new(Semaphore::new(
         upstream.max_concurrency.unwrap_or(256) as usize
     ));
-    let provider = build_provider(&judge_route, key, "judge_api_key", client, upstream, limit)?;
+    let provider = build_provider(
+        &judge_route,
+        key,
+        "judge_api_key",
+        cfg.extra_args.as_ref(),
+        client,
+        upstream,
+        limit,
+    )?;
     let metrics = Arc::new(metrics.upstream(provider.kind(), provider.model(), "judge"));
     Ok(Judge {
         provider,

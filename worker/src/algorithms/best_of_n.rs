@@ -81,10 +81,10 @@ pub fn distinct(candidates: &[Candidate]) -> (Vec<usize>, Vec<usize>) {
 pub fn best(scores: &[Option<f64>]) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, s) in scores.iter().enumerate() {
-        if let Some(s) = *s {
-            if best.is_none_or(|(_, b)| s > b) {
-                best = Some((i, s));
-            }
+        if let Some(s) = *s
+            && best.is_none_or(|(_, b)| s > b)
+        {
+            best = Some((i, s));
         }
     }
     best.map(|(i, _)| i)

@@ -67,7 +67,11 @@ pub async fn chat_completions(
                     .started
                     .elapsed()
                     .saturating_sub(outcome.upstream_time);
-                let resp = completion(&job, outcome);
+                let upstream_us = outcome.upstream_time.as_micros() as u64;
+                let mut resp = completion(&job, outcome);
+                // Lets a load generator split its latency into upstream time and the worker's own.
+                resp.headers_mut()
+                    .insert("x-inferscale-upstream-us", HeaderValue::from(upstream_us));
                 guard.finish_ok(overhead);
                 resp
             }

@@ -163,10 +163,9 @@ impl IntoResponse for ApiError {
             retry_after: Some(d),
             ..
         } = &self
+            && let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string())
         {
-            if let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string()) {
-                headers.insert(header::RETRY_AFTER, v);
-            }
+            headers.insert(header::RETRY_AFTER, v);
         }
         if let ApiError::Unauthorized(_) = &self {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

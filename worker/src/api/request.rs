@@ -200,15 +200,15 @@ fn check_semantics(r: &ChatCompletionRequest) -> Result<(), ApiError> {
             Some("messages".to_owned()),
         ));
     }
-    if let Some(n) = r.n {
-        if n != 1 {
-            return Err(ApiError::bad_request(
-                format!(
-                    "n must be 1 (got {n}): the worker returns the single best answer; use budget to generate more candidates"
-                ),
-                Some("n".to_owned()),
-            ));
-        }
+    if let Some(n) = r.n
+        && n != 1
+    {
+        return Err(ApiError::bad_request(
+            format!(
+                "n must be 1 (got {n}): the worker returns the single best answer; use budget to generate more candidates"
+            ),
+            Some("n".to_owned()),
+        ));
     }
     for (i, m) in r.messages.iter().enumerate() {
         let at = |field: &str| Some(format!("messages[{i}].{field}"));

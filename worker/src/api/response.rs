@@ -81,9 +81,9 @@ pub fn normalise_message(message: Value, ids: &mut impl FnMut() -> String) -> Va
     m.entry("content").or_insert(Value::Null);
     if let Some(Value::Array(calls)) = m.get_mut("tool_calls") {
         for call in calls.iter_mut().filter_map(Value::as_object_mut) {
-            if !call
+            if call
                 .get("id")
-                .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+                .is_none_or(|v| v.as_str().is_none_or(|s| s.is_empty()))
             {
                 call.insert("id".into(), json!(ids()));
             }

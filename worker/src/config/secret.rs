@@ -114,11 +114,12 @@ impl LiveSecret {
         };
         let stamp = file_stamp(&self.source);
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if stamp.is_some() && stamp != cached.stamp {
-            if let Ok(v) = self.source.read_now() {
-                cached.value = v.into();
-                cached.stamp = stamp;
-            }
+        if stamp.is_some()
+            && stamp != cached.stamp
+            && let Ok(v) = self.source.read_now()
+        {
+            cached.value = v.into();
+            cached.stamp = stamp;
         }
         cached.value.clone()
     }

@@ -52,13 +52,13 @@ impl WorkerConfig {
                 format!("max_budget must be between 1 and {MAX_BUDGET_LIMIT}, got {max}"),
             ));
         }
-        if let Some(b) = self.budget {
-            if !(1..=max).contains(&b) {
-                return Err(ConfigError::invalid(
-                    "budget",
-                    format!("budget must be between 1 and max_budget ({max}), got {b}"),
-                ));
-            }
+        if let Some(b) = self.budget
+            && !(1..=max).contains(&b)
+        {
+            return Err(ConfigError::invalid(
+                "budget",
+                format!("budget must be between 1 and max_budget ({max}), got {b}"),
+            ));
         }
         check_temperature("temperature", self.temperature)?;
         check_temperature("judge_temperature", self.judge_temperature)?;
@@ -78,27 +78,24 @@ impl WorkerConfig {
                 "exclude_args must not contain empty names",
             ));
         }
-        if let Some(rm) = &self.rm_name {
-            if rm != "llm-judge" {
-                return Err(ConfigError::invalid(
-                    "rm_name",
-                    format!(
-                        "rm_name {rm:?} is not supported: the only reward model is \"llm-judge\""
-                    ),
-                ));
-            }
+        if let Some(rm) = &self.rm_name
+            && rm != "llm-judge"
+        {
+            return Err(ConfigError::invalid(
+                "rm_name",
+                format!("rm_name {rm:?} is not supported: the only reward model is \"llm-judge\""),
+            ));
         }
-        if self.alg == AlgorithmName::BestOfN {
-            if self
+        if self.alg == AlgorithmName::BestOfN
+            && self
                 .judge_model
                 .as_deref()
                 .is_some_and(|m| m.trim().is_empty())
-            {
-                return Err(ConfigError::invalid(
-                    "judge_model",
-                    "judge_model must not be empty",
-                ));
-            }
+        {
+            return Err(ConfigError::invalid(
+                "judge_model",
+                "judge_model must not be empty",
+            ));
         }
         if self.judge_top_n == Some(0) {
             return Err(ConfigError::invalid(
@@ -112,13 +109,13 @@ impl WorkerConfig {
                 "judge_max_tokens must be at least 1",
             ));
         }
-        if let Some(c) = &self.judge_criterion {
-            if c.trim().is_empty() {
-                return Err(ConfigError::invalid(
-                    "judge_criterion",
-                    "judge_criterion must not be empty",
-                ));
-            }
+        if let Some(c) = &self.judge_criterion
+            && c.trim().is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "judge_criterion",
+                "judge_criterion must not be empty",
+            ));
         }
         if let Some(u) = &self.upstream {
             for (param, v) in [
@@ -126,13 +123,13 @@ impl WorkerConfig {
                 ("upstream.call_timeout_secs", u.call_timeout_secs),
                 ("upstream.request_timeout_secs", u.request_timeout_secs),
             ] {
-                if let Some(v) = v {
-                    if !(v.is_finite() && v > 0.0) {
-                        return Err(ConfigError::invalid(
-                            param,
-                            format!("{param} must be a positive number of seconds"),
-                        ));
-                    }
+                if let Some(v) = v
+                    && !(v.is_finite() && v > 0.0)
+                {
+                    return Err(ConfigError::invalid(
+                        param,
+                        format!("{param} must be a positive number of seconds"),
+                    ));
                 }
             }
             if u.max_concurrency == Some(0) {
@@ -182,7 +179,7 @@ fn check_temperature(param: &'static str, value: Option<f64>) -> Result<(), Conf
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
     use crate::config::WorkerConfig;
 
     fn cfg(json: &str) -> WorkerConfig {

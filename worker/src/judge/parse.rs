@@ -76,18 +76,18 @@ pub fn extract_object(reply: &str) -> Option<Map<String, Value>> {
     if let Ok(Value::Object(o)) = serde_json::from_str(trimmed) {
         return Some(o);
     }
-    if let Some(block) = fenced_block(trimmed) {
-        if let Ok(Value::Object(o)) = serde_json::from_str(block.trim()) {
-            return Some(o);
-        }
+    if let Some(block) = fenced_block(trimmed)
+        && let Ok(Value::Object(o)) = serde_json::from_str(block.trim())
+    {
+        return Some(o);
     }
     let mut from = 0;
     while let Some(rel) = trimmed[from..].find('{') {
         let start = from + rel;
-        if let Some(end) = balanced_end(&trimmed[start..]) {
-            if let Ok(Value::Object(o)) = serde_json::from_str(&trimmed[start..start + end]) {
-                return Some(o);
-            }
+        if let Some(end) = balanced_end(&trimmed[start..])
+            && let Ok(Value::Object(o)) = serde_json::from_str(&trimmed[start..start + end])
+        {
+            return Some(o);
         }
         from = start + 1;
     }

@@ -3,6 +3,7 @@
 //! serialised a single time — and then *sent* once per candidate, so a budget of N costs N
 //! network calls and no re-serialisation.
 
+pub mod bedrock;
 pub mod openai;
 mod retry;
 pub mod routing;

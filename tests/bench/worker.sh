@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Worker load benchmark (BENCHMARKS.md): release builds of the worker, the simulator (0 ms
+# upstream) and the load generator on one machine; budgets 1, 4, 8 and 16.
+# Env: DURATION (s, default 10), CONCURRENCY (default 32), RUNS (repeats per budget, default 3).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+[[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# Start a process and wait for its "listening on" line (no sleeps).
+start() { # start NAME CMD... -> sets URL_<NAME>, PID_<NAME>
+  local name=$1; shift
+  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  local pid=$! url=""
+  for _ in $(seq 1 300); do
+    url=$(grep -o 'http://[0-9.:]*' "$WORK/$name.out" | head -1 || true)
+    [[ -n $url ]] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
+    read -r -t 0.1 <> <(:) || true
+  done
+  [[ -n $url ]] || { echo "$name did not start" >&2; exit 1; }
+  printf -v "URL_$name" '%s' "$url"; printf -v "PID_$name" '%s' "$pid"
+}
+
+start mock "$BIN/mock-llm" --port 0
+cat > "$WORK/worker.yaml" <<YAML
+provider: openai-compatible
+endpoint: $URL_mock/v1
+model: gpt-4o-mini
+alg: self-consistency
+tool_vote: tool_hierarchical
+exclude_args: [request_id]
+server: {port: 0, log_level: warn}
+YAML
+start worker "$BIN/inferscale-worker" --config "$WORK/worker.yaml"
+
+for budget in 1 4 8 16; do
+  for run in $(seq 1 "${RUNS:-3}"); do
+    "$BIN/loadgen" --url "$URL_worker" --budget "$budget" --concurrency "${CONCURRENCY:-32}" \
+      --duration-secs "${DURATION:-10}" --pid "$PID_worker"
+  done
+done
