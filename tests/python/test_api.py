@@ -391,7 +391,7 @@ def test_all_candidates_failing_is_502_with_the_reason(worker, mock):
     worker.configure(sc_config(mock, upstream={"max_retries": 0}))
     status, headers, err = error_of(worker.chat({"model": "m", "messages": QUESTION, "budget": 3}))
     assert status == 502 and "GPU on fire" in err["message"]
-    assert "0 of 3 upstream calls succeeded" in err["message"]
+    assert "0 of 3 candidates were generated" in err["message"]
 
 
 def test_upstream_rate_limit_for_every_candidate_is_429(worker, mock):

@@ -121,3 +121,28 @@ def test_bedrock_tool_calls_round_trip(worker, mock):
     blocks = [b for m in sent["messages"] for b in m["content"]]
     assert {"toolUse": {"toolUseId": "tooluse_1", "name": "calculator", "input": {"expression": "1+1"}}} in blocks
     assert any(b.get("toolResult", {}).get("toolUseId") == "tooluse_1" for b in blocks)
+
+
+def test_several_candidates_per_call_with_n(worker, mock):
+    mock.scenario({"answers": [{"content": "A"}, {"content": "A"}, {"content": "B"}]})
+    worker.configure(sc_config(mock, upstream={"candidates_per_call": 4}))
+    body = chat(worker, 6)
+    assert len(body["metadata"]["all_responses"]) == 6
+    sent = sorted(r["body"]["n"] for r in mock.requests(10))
+    assert sent == [2, 4]  # one call of 4 and one of the remaining 2, instead of 6 calls
+    assert body["metadata"]["response_counts"] == {"A": 4, "B": 2}
+
+
+def test_max_tokens_becomes_max_completion_tokens_for_openai(worker, mock):
+    worker.configure({"model": "gpt-4o-mini", "endpoint": "auto"})
+    status, _, body = worker.chat({"model": "gpt-4o-mini", "messages": QUESTION, "budget": 1, "max_tokens": 50})
+    assert status == 200, body
+    sent = mock.requests(1)[0]["body"]
+    assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent
+
+
+def test_candidates_per_call_is_refused_for_bedrock(worker, mock):
+    status, _, body = http("POST", f"{worker.url}/configure", {
+        "model": "bedrock/us.anthropic.claude-3-7-sonnet-20250219-v1:0", "upstream": {"candidates_per_call": 4},
+        "extra_args": {"aws_access_key_id": "a", "aws_secret_access_key": "b", "aws_region_name": "us-east-1"}})
+    assert status == 400 and body["error"]["param"] == "upstream.candidates_per_call"

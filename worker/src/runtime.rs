@@ -33,6 +33,8 @@ pub struct Runtime {
     pub default_temperature: Option<f64>,
     pub request_timeout: Duration,
     pub min_successful: usize,
+    /// Candidates asked for per upstream call (OpenAI's `n`); 1 = one call per candidate.
+    pub candidates_per_call: u32,
     /// Unix time the configuration was applied.
     pub created: u64,
 }
@@ -90,6 +92,16 @@ impl Runtime {
             limit,
         )?;
 
+        let candidates_per_call = upstream.candidates_per_call.unwrap_or(1);
+        if candidates_per_call > 1 && !provider.supports_n() {
+            return Err(err(
+                "upstream.candidates_per_call",
+                format!(
+                    "{} does not return several candidates per call; leave upstream.candidates_per_call at 1",
+                    provider.kind()
+                ),
+            ));
+        }
         let judge = match cfg.alg {
             AlgorithmName::BestOfN => Some(build_judge(
                 cfg,
@@ -123,6 +135,7 @@ impl Runtime {
                 upstream.request_timeout_secs.unwrap_or(300.0),
             ),
             min_successful: upstream.min_successful_candidates.unwrap_or(1) as usize,
+            candidates_per_call,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -32,6 +32,8 @@ pub struct Outcome {
     pub upstream_time: Duration,
     /// Why the failed candidate calls failed.
     pub failures: Vec<String>,
+    /// Candidates asked for but not obtained (a failed call asking for `n` loses `n`).
+    pub failed_candidates: usize,
     pub system_fingerprint: Option<String>,
     pub detail: Detail,
 }
@@ -45,7 +47,7 @@ pub enum Detail {
 /// Why no answer could be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum AlgorithmError {
-    #[error("{succeeded} of {attempted} upstream calls succeeded, {needed} needed; first error: {}", errors.first().map(ToString::to_string).unwrap_or_default())]
+    #[error("{succeeded} of {attempted} candidates were generated, {needed} needed; first error: {}", errors.first().map(ToString::to_string).unwrap_or_default())]
     Upstream {
         errors: Vec<UpstreamError>,
         succeeded: usize,
@@ -72,7 +74,7 @@ impl Outcome {
             Detail::Vote(v) => insert_vote(&mut m, v),
             Detail::Judge(j) => j.insert_metadata(&mut m),
         }
-        m.insert("failed_candidates".into(), json!(self.failures.len()));
+        m.insert("failed_candidates".into(), json!(self.failed_candidates));
         if !self.failures.is_empty() {
             m.insert("candidate_errors".into(), json!(self.failures));
         }
@@ -98,13 +100,12 @@ pub(crate) fn insert_vote(m: &mut Map<String, Value>, v: &Vote) {
 /// Runs the configured algorithm for one request.
 pub async fn run(
     rt: &Runtime,
-    call: Arc<PreparedCall>,
+    calls: Vec<Arc<PreparedCall>>,
     budget: u32,
     context: &[Value],
     metrics: &Metrics,
 ) -> Result<Outcome, AlgorithmError> {
     let alg = rt.algorithm.as_str();
-    let calls = vec![call; budget as usize];
     let results = fanout::run_calls(&rt.provider, calls, &rt.candidate_metrics).await;
 
     let mut candidates = Vec::with_capacity(results.len());
@@ -130,7 +131,7 @@ pub async fn run(
     metrics
         .candidates
         .with_label_values(&[alg, "error"])
-        .inc_by(errors.len() as u64);
+        .inc_by((budget as usize).saturating_sub(candidates.len()) as u64);
     metrics
         .tokens
         .with_label_values(&["prompt", "candidate"])
@@ -149,6 +150,7 @@ pub async fn run(
             errors,
         });
     }
+    let candidates_len = candidates.len();
     let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
     let mut outcome = Outcome {
         algorithm: rt.algorithm,
@@ -157,6 +159,7 @@ pub async fn run(
         usage,
         upstream_time: slowest,
         failures,
+        failed_candidates: (budget as usize).saturating_sub(candidates_len),
         system_fingerprint,
         detail: Detail::Vote(Vote {
             selected: 0,

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -24,7 +24,7 @@ use super::response::{
 use crate::algorithms::{self, Outcome};
 use crate::config::AlgorithmName;
 use crate::metrics::Metrics;
-use crate::providers::PreparedCall;
+use crate::providers::{PreparedCall, ProviderError};
 use crate::runtime::Runtime;
 
 /// How often a waiting stream sends an SSE comment.
@@ -35,7 +35,8 @@ struct Job {
     rt: Arc<Runtime>,
     req: ChatRequest,
     budget: u32,
-    call: Arc<PreparedCall>,
+    /// The upstream calls that spend the budget, each prepared once.
+    calls: Vec<Arc<PreparedCall>>,
     /// The conversation, for the judge (best-of-n only).
     context: Vec<Value>,
 }
@@ -126,25 +127,58 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    // The one serialisation of the upstream body; every candidate call reuses these bytes.
-    let call = rt
-        .provider
-        .prepare(std::mem::take(&mut req.forward))
+    let calls = plan_calls(&rt, std::mem::take(&mut req.forward), budget)
         .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
     Ok(Job {
         rt,
         req,
         budget,
-        call: Arc::new(call),
+        calls,
         context,
     })
+}
+
+/// The upstream calls that spend `budget`: one per candidate, or — when the upstream takes `n` and
+/// `upstream.candidates_per_call` allows — groups of candidates per call. Each distinct body is
+/// serialised once; calls with the same body share its bytes.
+fn plan_calls(
+    rt: &Runtime,
+    mut forward: Map<String, Value>,
+    budget: u32,
+) -> Result<Vec<Arc<PreparedCall>>, ProviderError> {
+    let per_call = if rt.provider.supports_n() {
+        rt.candidates_per_call.clamp(1, budget)
+    } else {
+        1
+    };
+    if per_call == 1 {
+        let call = Arc::new(rt.provider.prepare(forward)?);
+        return Ok(vec![call; budget as usize]);
+    }
+    let (full, rest) = (budget / per_call, budget % per_call);
+    let mut calls = Vec::with_capacity(full as usize + 1);
+    if rest > 0 {
+        let mut last = forward.clone();
+        last.insert("n".to_owned(), Value::from(rest));
+        calls.push(Arc::new(rt.provider.prepare(last)?));
+    }
+    forward.insert("n".to_owned(), Value::from(per_call));
+    let grouped = Arc::new(rt.provider.prepare(forward)?);
+    calls.splice(0..0, std::iter::repeat_n(grouped, full as usize));
+    Ok(calls)
 }
 
 async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     let deadline = job.rt.request_timeout;
     match tokio::time::timeout(
         deadline,
-        algorithms::run(&job.rt, job.call.clone(), job.budget, &job.context, metrics),
+        algorithms::run(
+            &job.rt,
+            job.calls.clone(),
+            job.budget,
+            &job.context,
+            metrics,
+        ),
     )
     .await
     {

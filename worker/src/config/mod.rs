@@ -207,6 +207,11 @@ pub struct UpstreamSettings {
     /// Fewest successful candidates the algorithm needs to answer (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_successful_candidates: Option<u32>,
+    /// Ask the upstream for up to this many candidates per call with OpenAI's `n` (vLLM and
+    /// OpenAI support it; it shares the prompt's prefill between candidates). Default 1: one
+    /// call per candidate. Not available with Bedrock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates_per_call: Option<u32>,
 }
 
 /// Log output format.

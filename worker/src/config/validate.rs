@@ -132,6 +132,12 @@ impl WorkerConfig {
                     ));
                 }
             }
+            if matches!(u.candidates_per_call, Some(n) if !(1..=128).contains(&n)) {
+                return Err(ConfigError::invalid(
+                    "upstream.candidates_per_call",
+                    "upstream.candidates_per_call must be between 1 and 128",
+                ));
+            }
             if u.max_concurrency == Some(0) {
                 return Err(ConfigError::invalid(
                     "upstream.max_concurrency",

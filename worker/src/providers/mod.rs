@@ -30,6 +30,10 @@ pub trait ChatProvider: Send + Sync + 'static {
     /// Builds the upstream request once. `body` is an OpenAI chat request without the
     /// worker's own fields; the provider sets the model and translates as needed.
     fn prepare(&self, body: Map<String, Value>) -> Result<PreparedCall, ProviderError>;
+    /// Whether one call can return several candidates (OpenAI's `n`).
+    fn supports_n(&self) -> bool {
+        false
+    }
     /// Sends one prepared call (with the provider's retries and concurrency limit).
     fn send<'a>(
         &'a self,

@@ -105,8 +105,20 @@ impl ChatProvider for OpenAiProvider {
         &self.model
     }
 
+    fn supports_n(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, mut body: Map<String, Value>) -> Result<PreparedCall, ProviderError> {
         body.insert("model".to_owned(), Value::String(self.model.clone()));
+        // OpenAI deprecated `max_tokens` and its reasoning models refuse it, while
+        // `max_completion_tokens` works on every chat model; other servers get what was sent.
+        if self.kind == "openai"
+            && !body.contains_key("max_completion_tokens")
+            && let Some(v) = body.remove("max_tokens")
+        {
+            body.insert("max_completion_tokens".to_owned(), v);
+        }
         let bytes =
             serde_json::to_vec(&body).map_err(|e| ProviderError::Translate(e.to_string()))?;
         Ok(PreparedCall {
