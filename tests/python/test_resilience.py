@@ -146,3 +146,19 @@ def test_candidates_per_call_is_refused_for_bedrock(worker, mock):
         "model": "bedrock/us.anthropic.claude-3-7-sonnet-20250219-v1:0", "upstream": {"candidates_per_call": 4},
         "extra_args": {"aws_access_key_id": "a", "aws_secret_access_key": "b", "aws_region_name": "us-east-1"}})
     assert status == 400 and body["error"]["param"] == "upstream.candidates_per_call"
+
+
+def test_admin_token_guards_configure(mock, tmp_path):
+    cfg = tmp_path / "worker.yaml"
+    cfg.write_text(json.dumps({**sc_config(mock), "server": {"allow_configure": True, "admin_token": "adm-token"}}))
+    w = start_worker(mock, "--config", str(cfg))
+    try:
+        status, _, body = http("POST", f"{w.url}/configure", sc_config(mock))
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+        status, _, _ = http("POST", f"{w.url}/configure", sc_config(mock), {"Authorization": "Bearer nope"})
+        assert status == 401
+        status, _, body = http("POST", f"{w.url}/configure", {**sc_config(mock), "model": "m2"},
+                               {"Authorization": "Bearer adm-token"})
+        assert status == 200 and body["model"] == "m2"
+    finally:
+        w.proc.stop()

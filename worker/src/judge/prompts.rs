@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::providers::{Candidate, message_text};
+use crate::providers::{Candidate, ToolCall, message_text, tool_calls_of};
 
 /// Built-in criterion: general answer quality.
 pub const OVERALL_QUALITY: &str = "Judge the response on: accuracy and correctness; completeness with respect to the \
@@ -81,7 +81,7 @@ fn render_message(m: &Value) -> String {
     let role = m.get("role").and_then(Value::as_str).unwrap_or("unknown");
     let role = capitalise(role);
     let text = message_text(m.get("content"));
-    let calls = render_calls(m.get("tool_calls"));
+    let calls = render_calls(&tool_calls_of(m));
     match (text.is_empty(), calls.is_empty()) {
         (_, false) if text.is_empty() => format!("{role} [tool calls]: {calls}"),
         (_, false) => format!("{role}: {text}\n{role} [tool calls]: {calls}"),
@@ -91,12 +91,7 @@ fn render_message(m: &Value) -> String {
 
 /// A candidate as the judge sees it: its text, then its tool calls.
 pub fn render_candidate(c: &Candidate) -> String {
-    let calls = c
-        .tool_calls
-        .iter()
-        .map(|t| format!("{}({})", t.name, t.arguments))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let calls = render_calls(&c.tool_calls);
     match (c.text.trim().is_empty(), calls.is_empty()) {
         (true, true) => "(empty response)".to_owned(),
         (false, true) => c.text.trim().to_owned(),
@@ -105,25 +100,12 @@ pub fn render_candidate(c: &Candidate) -> String {
     }
 }
 
-fn render_calls(calls: Option<&Value>) -> String {
+fn render_calls(calls: &[ToolCall]) -> String {
     calls
-        .and_then(Value::as_array)
-        .map(|calls| {
-            calls
-                .iter()
-                .filter_map(|c| {
-                    let f = c.get("function")?;
-                    let args = match f.get("arguments") {
-                        Some(Value::String(s)) => s.clone(),
-                        Some(v) => v.to_string(),
-                        None => String::new(),
-                    };
-                    Some(format!("{}({args})", f.get("name")?.as_str()?))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+        .iter()
+        .map(|t| format!("{}({})", t.name, t.arguments))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn capitalise(s: &str) -> String {

@@ -104,7 +104,7 @@ use tokio::sync::Semaphore;
 use super::retry::parse_retry_after;
 use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy,
-    UpstreamError, Usage,
+    UpstreamError, Usage, send_with_retries,
 };
 use crate::config::{LiveSecret, SecretValue};
 
@@ -529,29 +529,9 @@ impl ChatProvider for BedrockProvider {
         &'a self,
         call: &'a PreparedCall,
     ) -> BoxFuture<'a, Result<Completion, UpstreamError>> {
-        Box::pin(async move {
-            // The permit bounds calls in flight to this upstream across all requests.
-            let _permit = self
-                .limit
-                .acquire()
-                .await
-                .map_err(|_| UpstreamError::Transport("shutting down".into()))?;
-            let mut attempt = 0;
-            loop {
-                match self.send_once(&call.body).await {
-                    Err(e) if e.is_retryable() && attempt < self.retry.max_retries => {
-                        let retry_after = match &e {
-                            UpstreamError::Status { retry_after, .. } => *retry_after,
-                            _ => None,
-                        };
-                        tracing::debug!(error = %e, attempt, "retrying Bedrock call");
-                        tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
-                        attempt += 1;
-                    }
-                    other => return other,
-                }
-            }
-        })
+        Box::pin(send_with_retries(&self.limit, &self.retry, || {
+            self.send_once(&call.body)
+        }))
     }
 }
 

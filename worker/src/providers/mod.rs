@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, send_with_retries};
 
 /// A boxed future, so the trait stays object-safe (one `Arc<dyn ChatProvider>` per runtime).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -217,26 +217,7 @@ impl Candidate {
         logprobs: Option<Value>,
     ) -> Self {
         let text = message_text(message.get("content"));
-        let tool_calls = message
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .map(|calls| {
-                calls
-                    .iter()
-                    .filter_map(|c| {
-                        let f = c.get("function")?;
-                        Some(ToolCall {
-                            name: f.get("name")?.as_str()?.to_owned(),
-                            arguments: match f.get("arguments") {
-                                Some(Value::String(s)) => s.clone(),
-                                Some(Value::Null) | None => String::new(),
-                                Some(other) => other.to_string(),
-                            },
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tool_calls = tool_calls_of(&message);
         Self {
             message,
             finish_reason,
@@ -249,6 +230,28 @@ impl Candidate {
     pub fn has_tool_calls(&self) -> bool {
         !self.tool_calls.is_empty()
     }
+}
+
+/// The tool calls of an OpenAI message (name and raw arguments string); malformed entries are
+/// skipped.
+pub fn tool_calls_of(message: &Value) -> Vec<ToolCall> {
+    let Some(calls) = message.get("tool_calls").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    calls
+        .iter()
+        .filter_map(|c| {
+            let f = c.get("function")?;
+            Some(ToolCall {
+                name: f.get("name")?.as_str()?.to_owned(),
+                arguments: match f.get("arguments") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(other) => other.to_string(),
+                },
+            })
+        })
+        .collect()
 }
 
 /// Text of an OpenAI `content`: a string, or the `text` parts of a list joined by a space.

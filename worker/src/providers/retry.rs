@@ -1,6 +1,11 @@
 //! Retries with exponential backoff and full jitter, honouring `Retry-After`.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::{Completion, UpstreamError};
 
 /// How one upstream call is retried. Only retryable errors (see
 /// [`super::UpstreamError::is_retryable`]) are retried; the request deadline bounds it all.
@@ -34,6 +39,38 @@ impl RetryPolicy {
         let cap = exp.min(self.max_delay);
         // Full jitter spreads retries of the N candidates of one request apart.
         cap.mul_f64(0.5 + 0.5 * crate::rand::unit())
+    }
+}
+
+/// Sends one call under the upstream's concurrency limit, retrying retryable failures with
+/// backoff. The permit is held across retries so a struggling upstream is not flooded.
+pub async fn send_with_retries<F, Fut>(
+    limit: &Semaphore,
+    policy: &RetryPolicy,
+    mut attempt_once: F,
+) -> Result<Completion, UpstreamError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Completion, UpstreamError>>,
+{
+    let _permit = limit
+        .acquire()
+        .await
+        .map_err(|_| UpstreamError::Transport("shutting down".into()))?;
+    let mut attempt = 0;
+    loop {
+        match attempt_once().await {
+            Err(e) if e.is_retryable() && attempt < policy.max_retries => {
+                let retry_after = match &e {
+                    UpstreamError::Status { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                tracing::debug!(error = %e, attempt, "retrying upstream call");
+                tokio::time::sleep(policy.delay(attempt, retry_after)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
