@@ -1,0 +1,260 @@
+//! Pure builders: from a validated ScalingEndpoint to the objects the operator applies. Nothing
+//! here talks to the API server, so every child can be unit-tested from a spec.
+//!
+//! Naming: the workers' Deployment and Service are `<name>` (so the URL is
+//! `http://<name>.<ns>.svc:<port>/v1`), the ConfigMap `<name>-config`, vLLM's Deployment and
+//! Service `<name>-vllm`, the HPA and PDB follow the Deployment they target.
+
+pub mod autoscaling;
+pub mod config_map;
+pub mod service;
+pub mod service_monitor;
+pub mod vllm;
+pub mod worker;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::Resource;
+use kube::api::DynamicObject;
+
+use crate::crd::ScalingEndpoint;
+use crate::error::{Error, Result};
+use crate::validate::Resolved;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "inferscale-operator";
+/// Value of `app.kubernetes.io/managed-by` on every child; the operator's watches select on it.
+pub const MANAGED_BY: &str = "inferscale-operator";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// Pod-template annotation whose change rolls the workers: sha256 of the rendered config and of
+/// the referenced Secret keys.
+pub const CONFIG_HASH_ANNOTATION: &str = "inferscale.dev/config-hash";
+/// Port vLLM listens on.
+pub const VLLM_PORT: i32 = 8000;
+
+/// Settings of the operator process that shape children (from its command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorDefaults {
+    /// Worker image when the spec sets none.
+    pub worker_image: String,
+}
+
+impl Default for OperatorDefaults {
+    fn default() -> Self {
+        Self {
+            worker_image: default_worker_image(),
+        }
+    }
+}
+
+/// `inferscale/worker:<this crate's version>`: operator and worker are released together.
+pub fn default_worker_image() -> String {
+    format!("inferscale/worker:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Which workload of an endpoint an object belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Worker,
+    ModelServer,
+}
+
+impl Component {
+    fn label(self) -> &'static str {
+        match self {
+            Component::Worker => "worker",
+            Component::ModelServer => "model-server",
+        }
+    }
+
+    fn app_name(self) -> &'static str {
+        match self {
+            Component::Worker => "inferscale-worker",
+            Component::ModelServer => "inferscale-vllm",
+        }
+    }
+}
+
+/// Names of the children of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub endpoint: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(se: &ScalingEndpoint) -> Result<Self> {
+        Ok(Self {
+            endpoint: se
+                .metadata
+                .name
+                .clone()
+                .ok_or(Error::MissingObjectKey("name"))?,
+            namespace: se
+                .metadata
+                .namespace
+                .clone()
+                .ok_or(Error::MissingObjectKey("namespace"))?,
+        })
+    }
+
+    pub fn worker(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.endpoint)
+    }
+
+    pub fn vllm(&self) -> String {
+        format!("{}-vllm", self.endpoint)
+    }
+
+    /// Base URL of the in-cluster vLLM Service, as the workers call it.
+    pub fn vllm_url(&self) -> String {
+        format!(
+            "http://{}.{}.svc:{VLLM_PORT}/v1",
+            self.vllm(),
+            self.namespace
+        )
+    }
+
+    /// The URL clients use: the workers' Service.
+    pub fn url(&self, port: i32) -> String {
+        format!("http://{}.{}.svc:{port}/v1", self.worker(), self.namespace)
+    }
+}
+
+/// Labels selecting the pods of a component (never change: Deployment selectors are immutable).
+pub fn selector_labels(names: &Names, component: Component) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_owned(), component.app_name().to_owned()),
+        (LABEL_INSTANCE.to_owned(), names.endpoint.clone()),
+        (LABEL_COMPONENT.to_owned(), component.label().to_owned()),
+    ])
+}
+
+/// Labels of every object of a component: the selector plus ownership labels.
+pub fn labels(names: &Names, component: Component) -> BTreeMap<String, String> {
+    let mut l = selector_labels(names, component);
+    l.insert(LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned());
+    l.insert(LABEL_PART_OF.to_owned(), "inferscale".to_owned());
+    l
+}
+
+/// The selector as the `status.selector` string of the scale subresource.
+pub fn selector_string(names: &Names, component: Component) -> String {
+    selector_labels(names, component)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn label_selector(names: &Names, component: Component) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(names, component)),
+        match_expressions: None,
+    }
+}
+
+/// Metadata of a child: name, namespace, labels and the controller owner reference that makes
+/// the garbage collector delete it with the endpoint.
+pub fn child_meta(
+    name: String,
+    names: &Names,
+    component: Component,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(names, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Everything the operator wants to exist for one endpoint. Optional children that are `None`
+/// are deleted if they exist.
+#[derive(Debug, Clone)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub worker_deployment: Deployment,
+    pub worker_service: Service,
+    pub worker_hpa: Option<HorizontalPodAutoscaler>,
+    pub worker_pdb: Option<PodDisruptionBudget>,
+    pub vllm_deployment: Option<Deployment>,
+    pub vllm_service: Option<Service>,
+    pub vllm_pdb: Option<PodDisruptionBudget>,
+    pub service_monitor: Option<DynamicObject>,
+}
+
+/// Builds every child of a validated endpoint.
+pub fn build(
+    se: &ScalingEndpoint,
+    resolved: &Resolved,
+    defaults: &OperatorDefaults,
+) -> Result<Children> {
+    let names = Names::of(se)?;
+    let mut owner = se
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("uid"))?;
+    // Foreground deletion of the endpoint waits for its children, as with built-in controllers.
+    owner.block_owner_deletion = Some(true);
+    let spec = &se.spec;
+    let vllm = spec.vllm.as_ref();
+    let sm_enabled = spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m.service_monitor.as_ref())
+        .is_some_and(|s| s.enabled);
+    Ok(Children {
+        config_map: config_map::build(&names, &owner, resolved)?,
+        worker_deployment: worker::build(&names, &owner, spec, resolved, defaults),
+        worker_service: service::worker(&names, &owner, &spec.service),
+        worker_hpa: spec
+            .worker
+            .autoscaling
+            .as_ref()
+            .map(|a| autoscaling::hpa(&names, &owner, a)),
+        worker_pdb: autoscaling::worker_pdb(&names, &owner, &spec.worker),
+        vllm_deployment: vllm.map(|v| vllm::deployment(&names, &owner, &spec.model.name, v)),
+        vllm_service: vllm.map(|_| service::vllm(&names, &owner)),
+        vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
+        service_monitor: sm_enabled.then(|| {
+            service_monitor::build(
+                &names,
+                &owner,
+                spec.metrics
+                    .as_ref()
+                    .and_then(|m| m.service_monitor.as_ref())
+                    .and_then(|s| s.interval.as_deref()),
+            )
+        }),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Test-only builders of ScalingEndpoints from YAML.
+    use crate::crd::ScalingEndpoint;
+
+    /// Parses a ScalingEndpoint and gives it what the API server would: namespace, uid, generation.
+    pub fn endpoint(yaml: &str) -> ScalingEndpoint {
+        let mut se: ScalingEndpoint = serde_yaml::from_str(yaml).expect("fixture parses");
+        se.metadata.namespace.get_or_insert_with(|| "ns".to_owned());
+        se.metadata.uid = Some("uid-1".to_owned());
+        se.metadata.generation = Some(1);
+        se
+    }
+}

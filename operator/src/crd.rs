@@ -1,0 +1,628 @@
+//! The `ScalingEndpoint` custom resource (`inferscale.dev/v1alpha1`).
+//!
+//! Every doc comment here becomes `kubectl explain` text, so they are written for users. Cross-field
+//! rules are CEL (`x-kubernetes-validations`) so the API server rejects a bad object at admission
+//! with a readable message instead of the operator discovering it later. Enumerations that the
+//! worker also understands (algorithm, tool vote, judge mode) are the worker's own types, so the two
+//! crates cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use inferscale_worker::config::{AlgorithmName, JudgeMode, ToolVote};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "inferscale.dev";
+/// Default port of the workers' Service (the worker's own default).
+pub const DEFAULT_SERVICE_PORT: i32 = inferscale_worker::config::DEFAULT_PORT as i32;
+/// Default extended resource name for GPUs.
+pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Default vLLM image when `spec.vllm.image` is not set.
+pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
+
+/// An OpenAI-compatible endpoint that spends a budget of N upstream calls per request and returns
+/// the best answer (self-consistency voting or best-of-n with an LLM judge). The operator runs
+/// workers for it, a Service at `status.url`, and optionally an in-cluster vLLM model server.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "inferscale.dev",
+    version = "v1alpha1",
+    kind = "ScalingEndpoint",
+    plural = "scalingendpoints",
+    shortname = "se",
+    category = "inferscale",
+    namespaced,
+    status = "ScalingEndpointStatus",
+    derive = "PartialEq",
+    doc = "ScalingEndpoint is an OpenAI-compatible inference-time-scaling endpoint: workers that spend a budget of N upstream calls per request (self-consistency or best-of-n with an LLM judge), their Service, and optionally an in-cluster vLLM model server.",
+    scale(
+        spec_replicas_path = ".spec.worker.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Algorithm", type_ = "string", json_path = ".spec.algorithm.name"),
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.model.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // Child names are `<name>` and `<name>-vllm` Services, which must be DNS-1035 labels: reject
+    // names that would fail later, at admission, where the user sees it.
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 58")
+        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) of at most 58 characters, so that the <name>-vllm Service name fits")
+        .reason(Reason::FieldValueInvalid)
+)]
+#[x_kube(
+    validation = Rule::new("self.algorithm.name != 'best-of-n' || has(self.judge)")
+        .message("algorithm best-of-n needs a judge: set spec.judge")
+        .reason(Reason::FieldValueRequired)
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.vllm) || !has(self.model.endpoint) || self.model.endpoint == 'auto'")
+        .message("model.endpoint must be unset or 'auto' when vllm is set: the workers then call the in-cluster vLLM Service")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingEndpointSpec {
+    /// The upstream model the workers call for candidates.
+    pub model: ModelSpec,
+    /// The inference-time-scaling algorithm and its budget.
+    pub algorithm: AlgorithmSpec,
+    /// The LLM judge that picks the best candidate. Required for `best-of-n`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSpec>,
+    /// Serve the model in-cluster with vLLM on GPU nodes. When set, the workers' upstream is that
+    /// vLLM Service (`http://<name>-vllm.<namespace>.svc:8000/v1`, provider `openai-compatible`)
+    /// and `model.name` is the name vLLM serves the model under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vllm: Option<VllmSpec>,
+    /// The worker Deployment.
+    #[serde(default)]
+    pub worker: WorkerSpec,
+    /// The Service in front of the workers.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Client authentication the workers require.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// Prometheus scraping of the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+}
+
+/// An upstream model: which model, which provider, where, and the credentials to call it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// Model string, e.g. `gpt-4o-mini`, `bedrock/us.anthropic.claude-3-7-sonnet-20250219-v1:0`.
+    /// LiteLLM-style prefixes (`openai/`, `bedrock/`, `hosted_vllm/`) select the provider when
+    /// `provider` is not set.
+    #[x_kube(validation = Rule::new("self != ''").message("model name must not be empty"))]
+    pub name: String,
+    /// `openai`, `bedrock` or `openai-compatible` (any server speaking OpenAI chat completions).
+    /// Unset: routed by the model string's prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// Upstream base URL (e.g. `https://api.openai.com/v1`) or `auto` (the provider's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self == 'auto' || self.matches('^https?://[^/]+')")
+            .message("endpoint must be 'auto' or an http(s) URL")
+    )]
+    pub endpoint: Option<String>,
+    /// The Secret key holding the upstream API key. Mounted into the workers as a file, never
+    /// copied into the ConfigMap or an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// AWS settings for Bedrock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsSpec>,
+}
+
+/// Provider family of an upstream model.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    Openai,
+    Bedrock,
+    OpenaiCompatible,
+}
+
+/// A key in a Secret of the ScalingEndpoint's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(
+    validation = Rule::new("self.name != '' && self.key != ''")
+        .message("a secret reference needs both name and key")
+        .reason(Reason::FieldValueRequired)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[serde(default)]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[serde(default)]
+    pub key: String,
+}
+
+/// AWS region and credentials (Bedrock).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsSpec {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// A Secret holding static credentials. Unset: the workers use no static keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<AwsCredentialsRef>,
+}
+
+/// A Secret with AWS credentials and the names of its keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.name != '' && self.accessKeyIdKey != '' && self.secretAccessKeyKey != ''")
+        .message("a secret reference needs both name and key: aws.credentialsSecretRef needs name, accessKeyIdKey and secretAccessKeyKey")
+        .reason(Reason::FieldValueRequired)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsCredentialsRef {
+    /// Name of the Secret.
+    #[serde(default)]
+    pub name: String,
+    /// Key holding the access key id.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key holding the secret access key.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+    /// Key holding a session token (temporary credentials). Unset: no session token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_key: Option<String>,
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".to_owned()
+}
+
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".to_owned()
+}
+
+/// The algorithm that spends the budget, and its settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("self.name == 'self-consistency' || (!has(self.toolVote) && !has(self.excludeArgs) && !has(self.regexPatterns))")
+        .message("toolVote, excludeArgs and regexPatterns are only valid with algorithm self-consistency")
+)]
+#[x_kube(
+    validation = Rule::new("(!has(self.defaultBudget) || self.defaultBudget >= 1) && (!has(self.maxBudget) || (self.maxBudget >= 1 && self.maxBudget <= 1000)) && (!has(self.defaultBudget) || self.defaultBudget <= (has(self.maxBudget) ? self.maxBudget : 1000))")
+        .message("budgets must satisfy 1 <= defaultBudget <= maxBudget <= 1000")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AlgorithmSpec {
+    /// `self-consistency` (majority vote over answers or tool calls) or `best-of-n` (an LLM judge
+    /// picks the best candidate).
+    pub name: AlgorithmName,
+    /// How tool-call candidates are voted on (self-consistency only): `tool_name`, `tool_args`,
+    /// `tool_hierarchical` or `tool_flat_all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_vote: Option<ToolVote>,
+    /// Tool argument names ignored when voting, e.g. timestamps or request ids
+    /// (self-consistency only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_args: Option<Vec<String>>,
+    /// Regular expressions whose first match (group 1 if present) is what text answers are voted
+    /// on (self-consistency only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_patterns: Option<Vec<String>>,
+    /// Candidates per request when the request does not say (1 to maxBudget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_budget: Option<i32>,
+    /// Largest budget a request may ask for (at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget: Option<i32>,
+}
+
+/// The LLM judge of best-of-n: a model block like `spec.model`, plus how it judges.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JudgeSpec {
+    #[serde(flatten)]
+    pub model: ModelSpec,
+    /// `pointwise` (one call per distinct candidate, scored 0-10) or `groupwise` (one call that
+    /// sees all candidates and selects the best).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<JudgeMode>,
+    /// `overall_quality`, `multi_step_tool_judge`, or free text describing a good answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criterion: Option<String>,
+    /// Sampling temperature of judge calls (0 to 2, default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Maximum tokens of a judge reply (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_tokens: Option<i32>,
+    /// How many candidates a groupwise judge selects (the first selected wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub top_n: Option<i32>,
+}
+
+/// An in-cluster vLLM model server on GPU nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.gpus >= 1")
+        .message("vllm.gpus must be at least 1")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VllmSpec {
+    /// Hugging Face model id to serve, e.g. `Qwen/Qwen2.5-7B-Instruct`.
+    pub model: String,
+    /// vLLM image (default `vllm/vllm-openai:v0.11.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Number of vLLM pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// GPUs per vLLM pod (requests and limits of `gpuResourceName`). At least 1.
+    #[serde(default = "one")]
+    pub gpus: i32,
+    /// Extended resource name of the GPUs.
+    #[serde(default = "default_gpu_resource")]
+    pub gpu_resource_name: String,
+    /// Node labels the vLLM pods require, e.g. `nvidia.com/gpu.product: NVIDIA-L4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the vLLM pods, e.g. for tainted GPU nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the vLLM pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// CPU and memory of the vLLM container; the GPU request is added from `gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra `vllm serve` arguments, e.g. `["--max-model-len", "8192"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment variables of the vLLM container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// The Secret key holding a Hugging Face token (gated models); passed as `HF_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_token_secret_ref: Option<SecretKeyRef>,
+    /// Where downloaded weights are cached (`HF_HOME`). Unset: an unbounded emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<VllmCache>,
+    /// Priority class of the vLLM pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// The model cache: an existing PersistentVolumeClaim, or an emptyDir of a given size.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.emptyDirSize)")
+        .message("vllm.cache needs exactly one of persistentVolumeClaim or emptyDirSize")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VllmCache {
+    /// Name of an existing PersistentVolumeClaim in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// Size limit of an emptyDir cache, e.g. `50Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir_size: Option<Quantity>,
+}
+
+/// The worker Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Number of workers; also the ScalingEndpoint's scale subresource
+    /// (`kubectl scale se/<name> --replicas=N`). Ignored while `autoscaling` is set.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Worker image (default: the operator's `--worker-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Worker container resources (default requests: 100m CPU, 128Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the worker pods require.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// A HorizontalPodAutoscaler on the worker Deployment (CPU utilization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Extra annotations of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: None,
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            autoscaling: None,
+            pod_annotations: None,
+        }
+    }
+}
+
+/// CPU-based autoscaling of the workers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("worker.autoscaling.minReplicas must not exceed maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest workers.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most workers.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, percent of the CPU request.
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+/// The workers' Service.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Service and container port (named `http`; serves the OpenAI API and `/metrics`).
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: DEFAULT_SERVICE_PORT,
+        }
+    }
+}
+
+/// Kubernetes Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Client authentication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The Secret key holding the client API keys, one per line; requests to `/v1` then need
+    /// `Authorization: Bearer <key>`.
+    pub api_keys_secret_ref: SecretKeyRef,
+}
+
+/// Prometheus integration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsSpec {
+    /// A prometheus-operator ServiceMonitor for the workers' `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor: Option<ServiceMonitorSpec>,
+}
+
+/// ServiceMonitor settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    /// Create the ServiceMonitor (needs the monitoring.coreos.com CRDs; otherwise the
+    /// `ServiceMonitorReady` condition says so).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Scrape interval, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// What the operator observed. Conditions: `Ready` (the endpoint serves the current spec),
+/// `ConfigValid`, `WorkersAvailable`, `ModelServerAvailable` (with vllm) and `ServiceMonitorReady`
+/// (when enabled).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingEndpointStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// In-cluster URL of the OpenAI API: `http://<name>.<namespace>.svc:<port>/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Worker pods that exist (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Label selector of the worker pods (scale subresource, for HPA/KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Desired and ready workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<ReplicaCounts>,
+    /// Desired and ready vLLM pods (when vllm is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_server: Option<ReplicaCounts>,
+    /// sha256 of the worker configuration and referenced Secret data the workers run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Current state, one entry per condition type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Desired and ready replicas of a Deployment.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaCounts {
+    /// Replicas asked for.
+    pub desired: i32,
+    /// Replicas ready.
+    pub ready: i32,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn default_port() -> i32 {
+    DEFAULT_SERVICE_PORT
+}
+
+fn default_gpu_resource() -> String {
+    DEFAULT_GPU_RESOURCE.to_owned()
+}
+
+fn default_cpu_target() -> i32 {
+    80
+}
+
+impl ScalingEndpoint {
+    /// The condition of the given type, if the status has it.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
+/// The CRD as YAML, as committed in `crds/` and printed by `inferscale-operator crd`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(ScalingEndpoint::crd())
+        .map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    unwrap_descriptions(&mut crd);
+    let body = serde_yaml::to_string(&crd)?;
+    Ok(format!(
+        "# Generated by `inferscale-operator crd` from operator/src/crd.rs. Do not edit.\n{body}"
+    ))
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps again, so single newlines
+/// inside a paragraph become spaces (paragraph breaks stay).
+fn unwrap_descriptions(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    serde_json::Value::String(s) if k == "description" => {
+                        *s = s
+                            .split("\n\n")
+                            .map(|para| {
+                                para.split('\n')
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CRD in `crds/` is generated; this fails when the Rust types changed without it.
+    #[test]
+    fn committed_crd_matches_the_types() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../crds/scalingendpoints.inferscale.dev.yaml"
+        );
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().unwrap();
+        assert!(
+            committed == generated,
+            "crds/scalingendpoints.inferscale.dev.yaml is out of date with operator/src/crd.rs; regenerate it with:\n  cargo run -p inferscale-operator -- crd > crds/scalingendpoints.inferscale.dev.yaml"
+        );
+    }
+
+    #[test]
+    fn defaults_fill_worker_and_service() {
+        let se: ScalingEndpoint = serde_yaml::from_str(
+            "apiVersion: inferscale.dev/v1alpha1\nkind: ScalingEndpoint\nmetadata: {name: x}\nspec: {model: {name: m}, algorithm: {name: best-of-n}}",
+        )
+        .unwrap();
+        assert_eq!(se.spec.worker.replicas, 1);
+        assert_eq!(se.spec.service.port, 8108);
+        assert_eq!(se.spec.algorithm.name, AlgorithmName::BestOfN);
+    }
+
+    #[test]
+    fn crd_has_scale_status_and_printer_columns() {
+        use kube::CustomResourceExt;
+        let crd = ScalingEndpoint::crd();
+        let v = &crd.spec.versions[0];
+        let sub = v.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.worker.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["Algorithm", "Model", "Ready", "URL", "Age"]);
+        assert_eq!(crd.spec.names.short_names, Some(vec!["se".to_owned()]));
+    }
+}

@@ -1,0 +1,359 @@
+//! Status: computed from what was applied and observed, never from what was hoped for. Pure, so the
+//! condition logic is unit-tested.
+//!
+//! Conditions follow the Kubernetes conventions: positive polarity, CamelCase reasons, a
+//! `lastTransitionTime` that only moves when the status flips, and a composite `Ready` whose reason
+//! and message are those of the first condition that is not satisfied.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::build::{Component, Names, selector_string};
+use crate::crd::{ReplicaCounts, ScalingEndpoint, ScalingEndpointStatus};
+use crate::validate::Problem;
+
+/// Condition types.
+pub mod types {
+    pub const READY: &str = "Ready";
+    pub const CONFIG_VALID: &str = "ConfigValid";
+    pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
+    pub const MODEL_SERVER_AVAILABLE: &str = "ModelServerAvailable";
+    pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
+}
+
+/// What happened to the ServiceMonitor this reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceMonitorState {
+    NotRequested,
+    Applied,
+    CrdMissing,
+}
+
+/// What a reconcile saw.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    /// The first thing wrong with the spec; children were then left as they were.
+    pub problem: Option<&'a Problem>,
+    /// Hash of the configuration the workers were given (None when the spec is invalid).
+    pub config_hash: Option<String>,
+    pub worker: Option<&'a Deployment>,
+    pub vllm: Option<&'a Deployment>,
+    pub service_monitor: ServiceMonitorState,
+}
+
+struct Cond {
+    type_: &'static str,
+    ok: bool,
+    reason: String,
+    message: String,
+}
+
+impl Cond {
+    fn new(type_: &'static str, ok: bool, reason: &str, message: String) -> Self {
+        Self {
+            type_,
+            ok,
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+}
+
+/// Replica counts and availability of a Deployment, as a condition.
+fn availability(
+    type_: &'static str,
+    d: Option<&Deployment>,
+    what: &str,
+) -> (Cond, ReplicaCounts, i32) {
+    let Some(d) = d else {
+        return (
+            Cond::new(
+                type_,
+                false,
+                "NotCreated",
+                format!("the {what} Deployment does not exist yet"),
+            ),
+            ReplicaCounts::default(),
+            0,
+        );
+    };
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let counts = ReplicaCounts { desired, ready };
+    let replicas = st.replicas.unwrap_or(0);
+    let cond = if desired == 0 {
+        Cond::new(type_, false, "ScaledToZero", format!("0 {what} requested"))
+    } else if available < desired {
+        Cond::new(
+            type_,
+            false,
+            "Unavailable",
+            format!("{available} of {desired} {what} available"),
+        )
+    } else if updated < desired
+        || st.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0)
+    {
+        // Still serving at full capacity while a new revision rolls out.
+        Cond::new(
+            type_,
+            true,
+            "RollingOut",
+            format!("{available} of {desired} {what} available, {updated} updated"),
+        )
+    } else {
+        Cond::new(
+            type_,
+            true,
+            "Available",
+            format!("{available} of {desired} {what} available"),
+        )
+    };
+    (cond, counts, replicas)
+}
+
+/// The status for a reconcile's observations. `now` stamps conditions that changed.
+pub fn compute(
+    se: &ScalingEndpoint,
+    names: &Names,
+    obs: &Observed,
+    now: &Time,
+) -> ScalingEndpointStatus {
+    let previous = se.status.clone().unwrap_or_default();
+    let generation = se.metadata.generation;
+
+    let config = match obs.problem {
+        Some(p) => Cond::new(types::CONFIG_VALID, false, p.reason, p.message.clone()),
+        None => Cond::new(
+            types::CONFIG_VALID,
+            true,
+            "Valid",
+            "the configuration and every referenced Secret key are valid".to_owned(),
+        ),
+    };
+    let (workers, worker_counts, replicas) =
+        availability(types::WORKERS_AVAILABLE, obs.worker, "workers");
+    let model_server = se
+        .spec
+        .vllm
+        .as_ref()
+        .map(|_| availability(types::MODEL_SERVER_AVAILABLE, obs.vllm, "vLLM pods"));
+
+    let url = names.url(se.spec.service.port);
+    let ready = {
+        let mut parts = vec![&config, &workers];
+        if let Some((c, _, _)) = &model_server {
+            parts.push(c);
+        }
+        match parts.into_iter().find(|c| !c.ok) {
+            Some(first) => Cond::new(types::READY, false, &first.reason, first.message.clone()),
+            None => Cond::new(types::READY, true, "Ready", format!("serving at {url}")),
+        }
+    };
+    let service_monitor = match obs.service_monitor {
+        ServiceMonitorState::NotRequested => None,
+        ServiceMonitorState::Applied => Some(Cond::new(
+            types::SERVICE_MONITOR_READY,
+            true,
+            "Created",
+            "the ServiceMonitor exists".to_owned(),
+        )),
+        ServiceMonitorState::CrdMissing => Some(Cond::new(
+            types::SERVICE_MONITOR_READY,
+            false,
+            "CRDNotInstalled",
+            "the monitoring.coreos.com/v1 ServiceMonitor CRD is not installed: install the prometheus-operator CRDs or set metrics.serviceMonitor.enabled to false".to_owned(),
+        )),
+    };
+
+    let mut conds = vec![ready, config, workers];
+    let mut model_server_counts = None;
+    if let Some((c, counts, _)) = model_server {
+        conds.push(c);
+        model_server_counts = Some(counts);
+    }
+    conds.extend(service_monitor);
+
+    let conditions = conds
+        .into_iter()
+        .map(|c| {
+            let status = if c.ok { "True" } else { "False" };
+            // The transition time moves only when the status flips.
+            let last_transition_time = previous
+                .conditions
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == status)
+                .map_or_else(|| now.clone(), |p| p.last_transition_time.clone());
+            Condition {
+                type_: c.type_.to_owned(),
+                status: status.to_owned(),
+                reason: c.reason,
+                message: c.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect();
+
+    ScalingEndpointStatus {
+        observed_generation: generation,
+        url: Some(url),
+        replicas,
+        selector: Some(selector_string(names, Component::Worker)),
+        workers: Some(worker_counts),
+        model_server: model_server_counts,
+        // While the spec is invalid the workers keep the configuration they had.
+        config_hash: obs.config_hash.clone().or(previous.config_hash),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures::endpoint;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn deployment(desired: i32, available: i32) -> Deployment {
+        Deployment {
+            metadata: kube::api::ObjectMeta {
+                generation: Some(2),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(desired),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(2),
+                replicas: Some(available),
+                ready_replicas: Some(available),
+                available_replicas: Some(available),
+                updated_replicas: Some(available),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn time(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap())
+    }
+
+    fn cond<'a>(s: &'a ScalingEndpointStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    const SPEC: &str = "metadata: {name: sc, namespace: team}\nspec: {model: {name: m}, algorithm: {name: self-consistency}}";
+
+    #[test]
+    fn ready_when_workers_are_available() {
+        let se = endpoint(SPEC);
+        let names = Names::of(&se).unwrap();
+        let d = deployment(1, 1);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&d),
+            vllm: None,
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        assert_eq!(s.url.as_deref(), Some("http://sc.team.svc:8108/v1"));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(
+            s.workers,
+            Some(ReplicaCounts {
+                desired: 1,
+                ready: 1
+            })
+        );
+        assert_eq!(s.replicas, 1);
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.type_ != "ModelServerAvailable")
+        );
+        assert_eq!(
+            s.selector.as_deref(),
+            Some(
+                "app.kubernetes.io/component=worker,app.kubernetes.io/instance=sc,app.kubernetes.io/name=inferscale-worker"
+            )
+        );
+    }
+
+    #[test]
+    fn ready_bubbles_up_the_first_problem_and_keeps_transition_times() {
+        let mut se = endpoint(SPEC);
+        let names = Names::of(&se).unwrap();
+        let d = deployment(2, 1);
+        let problem = Problem {
+            reason: "SecretNotFound",
+            message: "secret \"openai\" not found".into(),
+        };
+        let obs = Observed {
+            problem: Some(&problem),
+            config_hash: None,
+            worker: Some(&d),
+            vllm: None,
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert_eq!(
+            cond(&s, "WorkersAvailable").message,
+            "1 of 2 workers available"
+        );
+        // Same status later: the transition time stays.
+        se.status = Some(s.clone());
+        let s2 = compute(&se, &names, &obs, &time(20));
+        assert_eq!(s, s2);
+        // Fixed: Ready flips and its time moves; ConfigValid flips too.
+        let d = deployment(2, 2);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&d),
+            ..obs
+        };
+        let s3 = compute(&se, &names, &obs, &time(30));
+        assert_eq!(cond(&s3, "Ready").status, "True");
+        assert_eq!(cond(&s3, "Ready").last_transition_time, time(30));
+    }
+
+    #[test]
+    fn model_server_gates_ready_when_vllm_is_set() {
+        let se = endpoint(
+            "metadata: {name: v}\nspec: {model: {name: m}, algorithm: {name: self-consistency}, vllm: {model: x}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let w = deployment(1, 1);
+        let v = deployment(1, 0);
+        let obs = Observed {
+            problem: None,
+            config_hash: None,
+            worker: Some(&w),
+            vllm: Some(&v),
+            service_monitor: ServiceMonitorState::CrdMissing,
+        };
+        let s = compute(&se, &names, &obs, &time(1));
+        let ready = cond(&s, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message, "0 of 1 vLLM pods available");
+        assert_eq!(
+            s.model_server,
+            Some(ReplicaCounts {
+                desired: 1,
+                ready: 0
+            })
+        );
+        assert_eq!(cond(&s, "ServiceMonitorReady").reason, "CRDNotInstalled");
+    }
+}
