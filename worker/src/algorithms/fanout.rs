@@ -20,7 +20,7 @@ pub struct CallResult {
 /// broken by call order, not arrival order).
 pub async fn run_calls(
     provider: &SharedProvider,
-    calls: Vec<Arc<PreparedCall>>,
+    calls: &[Arc<PreparedCall>],
     metrics: &Arc<UpstreamMetrics>,
 ) -> Vec<CallResult> {
     if calls.len() == 1 {

@@ -100,7 +100,7 @@ pub(crate) fn insert_vote(m: &mut Map<String, Value>, v: &Vote) {
 /// Runs the configured algorithm for one request.
 pub async fn run(
     rt: &Runtime,
-    calls: Vec<Arc<PreparedCall>>,
+    calls: &[Arc<PreparedCall>],
     budget: u32,
     context: &[Value],
     metrics: &Metrics,

@@ -172,13 +172,7 @@ async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     let deadline = job.rt.request_timeout;
     match tokio::time::timeout(
         deadline,
-        algorithms::run(
-            &job.rt,
-            job.calls.clone(),
-            job.budget,
-            &job.context,
-            metrics,
-        ),
+        algorithms::run(&job.rt, &job.calls, job.budget, &job.context, metrics),
     )
     .await
     {

@@ -94,7 +94,7 @@ impl Judge {
                 Err(e) => return failed(candidates.len(), e.to_string()),
             }
         }
-        let results = run_calls(&self.provider, calls, &self.metrics).await;
+        let results = run_calls(&self.provider, &calls, &self.metrics).await;
         let mut j = Judgement {
             calls: results.len() as u32,
             ..Default::default()
@@ -150,7 +150,7 @@ impl Judge {
             Ok(call) => Arc::new(call),
             Err(e) => return failed(candidates.len(), e.to_string()),
         };
-        let mut results = run_calls(&self.provider, vec![call], &self.metrics).await;
+        let mut results = run_calls(&self.provider, &[call], &self.metrics).await;
         let mut j = Judgement {
             calls: 1,
             scores: vec![None; candidates.len()],
