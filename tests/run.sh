@@ -23,13 +23,15 @@ step() { # step NAME CMD... — runs a step, records the outcome, keeps going
 # --- tools ------------------------------------------------------------------------------------
 need() { command -v "$1" >/dev/null || { echo "tests/run.sh: $1 is required ($2)" >&2; exit 1; }; }
 need cargo "Rust toolchain"; need go "Go 1.26 for the control plane"; need python3 "Python 3.11"; need curl "curl"
-if ! command -v promtool >/dev/null; then
-  log "installing promtool (Debian package prometheus)"
-  if [[ $(id -u) == 0 ]]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  fi
+# promtool (Debian's prometheus package) checks /metrics; shellcheck checks the scripts.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v shellcheck >/dev/null || missing+=(shellcheck)
+if (( ${#missing[@]} )); then
+  log "installing ${missing[*]} from Debian"
+  sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 VENV=$CACHE/venv
 req_hash=$(sha256sum tests/python/requirements.txt | cut -c1-16)

@@ -10,8 +10,8 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# Start a process and wait for its "listening on" line (no sleeps).
-start() { # start NAME CMD... -> sets URL_<NAME>, PID_<NAME>
+# Start a process and wait (bounded) for its "listening on" line.
+start() { # start NAME CMD... -> sets URL and PID of the started process
   local name=$1; shift
   "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   local pid=$! url=""
@@ -19,16 +19,17 @@ start() { # start NAME CMD... -> sets URL_<NAME>, PID_<NAME>
     url=$(grep -o 'http://[0-9.:]*' "$WORK/$name.out" | head -1 || true)
     [[ -n $url ]] && break
     kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
-    read -r -t 0.1 <> <(:) || true
+    sleep 0.1   # polling the output file for the address, bounded by the loop
   done
   [[ -n $url ]] || { echo "$name did not start" >&2; exit 1; }
-  printf -v "URL_$name" '%s' "$url"; printf -v "PID_$name" '%s' "$pid"
+  URL=$url; PID=$pid
 }
 
 start mock "$BIN/mock-llm" --port 0
+MOCK_URL=$URL
 cat > "$WORK/worker.yaml" <<YAML
 provider: openai-compatible
-endpoint: $URL_mock/v1
+endpoint: $MOCK_URL/v1
 model: gpt-4o-mini
 alg: self-consistency
 tool_vote: tool_hierarchical
@@ -36,10 +37,11 @@ exclude_args: [request_id]
 server: {port: 0, log_level: warn}
 YAML
 start worker "$BIN/inferscale-worker" --config "$WORK/worker.yaml"
+WORKER_URL=$URL WORKER_PID=$PID
 
 for budget in 1 4 8 16; do
-  for run in $(seq 1 "${RUNS:-3}"); do
-    "$BIN/loadgen" --url "$URL_worker" --budget "$budget" --concurrency "${CONCURRENCY:-32}" \
-      --duration-secs "${DURATION:-10}" --pid "$PID_worker"
+  for _ in $(seq 1 "${RUNS:-3}"); do
+    "$BIN/loadgen" --url "$WORKER_URL" --budget "$budget" --concurrency "${CONCURRENCY:-32}" \
+      --duration-secs "${DURATION:-10}" --pid "$WORKER_PID"
   done
 done

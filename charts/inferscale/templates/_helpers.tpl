@@ -1,0 +1,109 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "inferscale.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name of the operator's objects. */}}
+{{- define "inferscale.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "inferscale.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of the operator pods. */}}
+{{- define "inferscale.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "inferscale.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* Labels of every object of the chart. */}}
+{{- define "inferscale.labels" -}}
+helm.sh/chart: {{ include "inferscale.chart" . }}
+{{ include "inferscale.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: inferscale
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "inferscale.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "inferscale.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag or repository@digest; tag defaults to the appVersion. */}}
+{{- define "inferscale.image" -}}
+{{- $img := index . 0 }}{{- $ctx := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default $ctx.Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "inferscale.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{/*
+The rules of what the operator calls, in the namespaces it watches. Each verb is used; see
+docs/operator.md "RBAC" and operator/src/{controller,apply,dereference}.rs.
+*/}}
+{{- define "inferscale.rules" -}}
+# Watch ScalingEndpoints (the controller's cache) and write their status (server-side apply).
+- apiGroups: [inferscale.dev]
+  resources: [scalingendpoints]
+  verbs: [list, watch]
+- apiGroups: [inferscale.dev]
+  resources: [scalingendpoints/status]
+  verbs: [patch]
+# Children carry an ownerReference with blockOwnerDeletion: clusters that enforce owner-reference
+# permissions (OwnerReferencesPermissionEnforcement) ask for update on the owner's finalizers.
+- apiGroups: [inferscale.dev]
+  resources: [scalingendpoints/finalizers]
+  verbs: [update]
+# Children: cached by watches (list, watch), written by server-side apply (patch, and create
+# for a patch that creates), removed when the spec no longer asks for them (delete). The worker
+# ConfigMap is never removed by the operator (only by garbage collection with its endpoint).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
+# Secrets are only read: get of the referenced ones, list/watch as metadata only.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.rbac.serviceMonitors }}
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [get, create, patch, delete]
+{{- end }}
+{{- end }}

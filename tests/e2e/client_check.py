@@ -1,0 +1,184 @@
+"""The end-to-end client check: the guide's tool-calling request through the real `openai` client.
+
+Used by tests/e2e/test_e2e.py (worker run on the host as its Deployment specifies) and by
+tests/kind/run.sh (in-cluster, as a Job talking to the ScalingEndpoint's Service):
+
+    python client_check.py --worker http://openai-sc:8108 --mock http://mock-llm:8100 \
+        [--api-key-expected sk-...] [--metrics-url http://…/metrics]
+
+It sets a deterministic simulator scenario, sends the request with `budget: 5` and
+`return_response_only: false`, and checks the answer (a `calculator` tool call), the vote
+metadata, what reached the upstream, and the worker's Prometheus metrics (as deltas, so a worker
+that already served requests is fine). Exit status 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import urllib.request
+
+from openai import OpenAI
+
+MAJORITY = {"expression": "847 * 293 + 156"}
+MINORITY = {"expression": "847*293+156"}
+# Tool requests take the answers in this order (one shared cursor): 5 candidates are
+# MAJORITY, MAJORITY, MINORITY, MAJORITY, MAJORITY whatever order they arrive in.
+SCENARIO = {
+    "tool_answers": [
+        {"tool_calls": [{"name": "calculator", "arguments": MAJORITY}]},
+        {"tool_calls": [{"name": "calculator", "arguments": MAJORITY}]},
+        {"tool_calls": [{"name": "calculator", "arguments": MINORITY}]},
+    ]
+}
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Perform arithmetic calculations",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "expression": {"type": "string", "description": "Mathematical expression to evaluate"}
+                },
+                "required": ["expression"],
+            },
+        },
+    }
+]
+MESSAGES = [
+    {"role": "system", "content": "You are a precise calculator. Always use the calculator tool for arithmetic."},
+    {"role": "user", "content": "What is 847 * 293 + 156?"},
+]
+
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def http(method: str, url: str, body: dict | None = None, timeout: float = 30.0):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        text = resp.read().decode()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format → {(name, labels): value}."""
+    samples: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if not m:
+            raise AssertionError(f"unparseable metrics line: {line!r}")
+        labels = frozenset(LABEL.findall(m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def metric(samples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed: list[str] = []
+        self.failed: list[str] = []
+
+    def check(self, name: str, ok: bool, detail: object = "") -> None:
+        (self.passed if ok else self.failed).append(name)
+        print(f"{'PASS' if ok else 'FAIL'} {name}" + ("" if ok else f": {detail}"), flush=True)
+
+
+def run(worker: str, mock: str, api_key_expected: str | None = None, metrics_url: str | None = None, model: str = "gpt-4o-mini") -> Checks:
+    worker = worker.rstrip("/")
+    mock = mock.rstrip("/")
+    metrics_url = metrics_url or f"{worker}/metrics"
+    c = Checks()
+
+    http("PUT", f"{mock}/_mock/scenario", SCENARIO)
+    http("POST", f"{mock}/_mock/reset", {})
+    before = parse_metrics(http("GET", metrics_url))
+
+    client = OpenAI(base_url=f"{worker}/v1", api_key="dummy-key", max_retries=0, timeout=60)
+    # with_raw_response: the typed object for the answer, and the JSON as sent for the worker's
+    # `metadata` (the client's own `metadata` type is a map of strings).
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice="auto",
+        extra_body={"budget": 5, "return_response_only": False},
+    )
+    resp = raw.parse()
+    body = raw.http_response.json()
+
+    # The answer: the majority tool call.
+    choice = resp.choices[0]
+    calls = choice.message.tool_calls or []
+    c.check("finish_reason is tool_calls", choice.finish_reason == "tool_calls", choice.finish_reason)
+    c.check("one calculator tool call", len(calls) == 1 and calls[0].function.name == "calculator", calls)
+    if calls:
+        c.check("majority arguments won", json.loads(calls[0].function.arguments) == MAJORITY, calls[0].function.arguments)
+    c.check("model echoed", resp.model == model, resp.model)
+    usage = resp.usage
+    c.check("usage adds up", usage is not None and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens > 0, usage)
+
+    # The vote metadata (return_response_only: false).
+    meta = body.get("metadata") or {}
+    counts = meta.get("response_counts") or {}
+    c.check("metadata.algorithm", meta.get("algorithm") == "self-consistency", meta.get("algorithm"))
+    c.check("response_counts is 4 to 1", sorted(counts.values()) == [1, 4], counts)
+    c.check("all_responses has the 5 candidates", len(meta.get("all_responses") or []) == 5, meta.get("all_responses"))
+    c.check("agreement 0.8", abs(float(meta.get("agreement", -1)) - 0.8) < 1e-9, meta.get("agreement"))
+
+    # What reached the upstream.
+    reqs = http("GET", f"{mock}/_mock/requests?limit=50")["requests"]
+    c.check("5 upstream calls", len(reqs) == 5, len(reqs))
+    c.check("upstream model", all(r["body"].get("model") == model for r in reqs), [r["body"].get("model") for r in reqs])
+    c.check("worker fields not forwarded", all("budget" not in r["body"] and "return_response_only" not in r["body"] for r in reqs))
+    if api_key_expected is not None:
+        auth = {r["authorization"] for r in reqs}
+        c.check("upstream API key from the Secret", auth == {f"Bearer {api_key_expected}"}, auth)
+
+    # The worker's Prometheus metrics (deltas).
+    after = parse_metrics(http("GET", metrics_url))
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    c.check("requests_total success +1", delta("inferscale_requests_total", algorithm="self-consistency", outcome="success") == 1)
+    c.check("request_duration observed", delta("inferscale_request_duration_seconds_count", algorithm="self-consistency") == 1)
+    c.check("budget 5 observed", delta("inferscale_budget_count") == 1 and delta("inferscale_budget_sum") == 5)
+    c.check("vote agreement 0.8 observed", delta("inferscale_vote_agreement_ratio_count") == 1 and abs(delta("inferscale_vote_agreement_ratio_sum") - 0.8) < 1e-9)
+    c.check("5 upstream 200s", delta("inferscale_upstream_requests_total", model=model, role="candidate", status="200") == 5)
+    c.check("upstream latency observed", delta("inferscale_upstream_request_duration_seconds_count", model=model, role="candidate") == 5)
+    c.check("overhead observed", delta("inferscale_overhead_seconds_count") == 1)
+    c.check("no judge fallback", delta("inferscale_judge_fallbacks_total") == 0)
+    return c
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", required=True, help="base URL of the worker (without /v1)")
+    ap.add_argument("--mock", required=True, help="base URL of mock-llm (control API)")
+    ap.add_argument("--api-key-expected", help="the upstream API key the worker must send")
+    ap.add_argument("--metrics-url", help="the worker's /metrics (default: WORKER/metrics)")
+    a = ap.parse_args()
+    c = run(a.worker, a.mock, a.api_key_expected, a.metrics_url)
+    print(f"client_check: {len(c.passed)} passed, {len(c.failed)} failed")
+    return 0 if not c.failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

