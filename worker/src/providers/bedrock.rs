@@ -104,7 +104,7 @@ use tokio::sync::Semaphore;
 use super::retry::parse_retry_after;
 use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy,
-    UpstreamError, Usage, send_with_retries,
+    UpstreamError, Usage, redact, send_with_retries, transport_error,
 };
 use crate::config::{LiveSecret, SecretValue};
 
@@ -442,7 +442,10 @@ impl BedrockProvider {
                 secrets.extend(creds.session_token().map(str::to_owned));
             }
         }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, self.call_timeout))?;
         let status = resp.status();
         if !status.is_success() {
             let retry_after = parse_retry_after(
@@ -463,11 +466,14 @@ impl BedrockProvider {
             );
             return Err(UpstreamError::Status {
                 status,
-                message: redact(message, &secrets),
+                message: redact(message, secrets.iter().map(String::as_str)),
                 retry_after,
             });
         }
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, self.call_timeout))?;
         parse_converse_response(&bytes)
     }
 
@@ -492,17 +498,6 @@ impl BedrockProvider {
             Auth::Bearer(_) => Err(UpstreamError::Transport(
                 "internal: no SigV4 credentials for a bearer-token configuration".into(),
             )),
-        }
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
-        // reqwest's Display includes the URL but never headers, so no credential can leak here.
-        if e.is_timeout() {
-            UpstreamError::Timeout(self.call_timeout)
-        } else if e.is_connect() {
-            UpstreamError::Connect(root_cause(&e))
-        } else {
-            UpstreamError::Transport(root_cause(&e))
         }
     }
 }
@@ -1183,24 +1178,6 @@ fn aws_error(status: u16, error_type: Option<&str>, body: &[u8]) -> (u16, String
     (status, message)
 }
 
-/// Removes secrets from a message, in case an upstream echoes one.
-fn redact(mut message: String, secrets: &[String]) -> String {
-    for s in secrets {
-        if s.len() >= 4 && message.contains(s.as_str()) {
-            message = message.replace(s.as_str(), "[redacted]");
-        }
-    }
-    message
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// An error and its sources, joined: AWS credential errors put the useful part in a source.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
@@ -1671,10 +1648,7 @@ mod tests {
         );
         assert_eq!(aws_error(500, None, b"").1, "(empty body)");
         assert_eq!(
-            redact(
-                "bad token SESSIONTOKEN".into(),
-                &["SESSIONTOKEN".into(), "ab".into()]
-            ),
+            redact("bad token SESSIONTOKEN".into(), ["SESSIONTOKEN", "ab"]),
             "bad token [redacted]"
         );
     }

@@ -254,6 +254,37 @@ pub fn tool_calls_of(message: &Value) -> Vec<ToolCall> {
         .collect()
 }
 
+/// Maps a transport failure of reqwest. Its messages name the URL but never headers, so no
+/// credential can leak through them.
+pub fn transport_error(e: reqwest::Error, call_timeout: Duration) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout(call_timeout)
+    } else if e.is_connect() {
+        UpstreamError::Connect(root_cause(&e))
+    } else {
+        UpstreamError::Transport(root_cause(&e))
+    }
+}
+
+/// The innermost error's message: the useful part of a wrapped I/O or TLS error.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Removes secrets from a message, in case an upstream echoes one.
+pub fn redact<'a>(mut message: String, secrets: impl IntoIterator<Item = &'a str>) -> String {
+    for s in secrets {
+        if s.len() >= 4 && message.contains(s) {
+            message = message.replace(s, "[redacted]");
+        }
+    }
+    message
+}
+
 /// Text of an OpenAI `content`: a string, or the `text` parts of a list joined by a space.
 pub fn message_text(content: Option<&Value>) -> String {
     match content {

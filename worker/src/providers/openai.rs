@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use super::retry::parse_retry_after;
 use super::{
     BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy, UpstreamError,
-    send_with_retries,
+    redact, send_with_retries, transport_error,
 };
 use crate::config::LiveSecret;
 
@@ -65,7 +65,10 @@ impl OpenAiProvider {
         if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport_error(e, self.call_timeout))?;
         let status = resp.status();
         if !status.is_success() {
             let retry_after = parse_retry_after(
@@ -81,19 +84,11 @@ impl OpenAiProvider {
                 retry_after,
             });
         }
-        let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(e, self.call_timeout))?;
         super::parse_openai_completion(&bytes)
-    }
-
-    fn transport_error(&self, e: reqwest::Error) -> UpstreamError {
-        // reqwest's Display includes the URL but never headers, so the key cannot leak here.
-        if e.is_timeout() {
-            UpstreamError::Timeout(self.call_timeout)
-        } else if e.is_connect() {
-            UpstreamError::Connect(root_cause(&e))
-        } else {
-            UpstreamError::Transport(root_cause(&e))
-        }
     }
 }
 
@@ -157,22 +152,6 @@ fn error_message(body: &[u8]) -> String {
     }
 }
 
-/// Removes the key from a message, in case an upstream echoes it.
-fn redact(message: String, key: Option<&str>) -> String {
-    match key {
-        Some(k) if k.len() >= 4 && message.contains(k) => message.replace(k, "[redacted]"),
-        _ => message,
-    }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,7 +169,7 @@ mod tests {
     #[test]
     fn redacts_echoed_keys() {
         assert_eq!(
-            redact("bad key sk-secret1".into(), Some("sk-secret1")),
+            redact("bad key sk-secret1".into(), ["sk-secret1"]),
             "bad key [redacted]"
         );
     }
