@@ -513,11 +513,7 @@ impl ChatProvider for BedrockProvider {
 
     fn prepare(&self, body: Map<String, Value>) -> Result<PreparedCall, ProviderError> {
         let converse = to_converse(&body).map_err(ProviderError::Translate)?;
-        let bytes =
-            serde_json::to_vec(&converse).map_err(|e| ProviderError::Translate(e.to_string()))?;
-        Ok(PreparedCall {
-            body: Bytes::from(bytes),
-        })
+        PreparedCall::json(&converse)
     }
 
     fn send<'a>(

@@ -47,6 +47,17 @@ pub struct PreparedCall {
     pub body: Bytes,
 }
 
+impl PreparedCall {
+    /// Serialises a request body, once.
+    pub fn json(body: &impl serde::Serialize) -> Result<Self, ProviderError> {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| ProviderError::Translate(e.to_string()))?;
+        Ok(Self {
+            body: Bytes::from(bytes),
+        })
+    }
+}
+
 /// One upstream answer: usually one candidate, several when the upstream was asked for `n`.
 #[derive(Debug, Clone)]
 pub struct Completion {

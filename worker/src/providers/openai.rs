@@ -115,11 +115,7 @@ impl ChatProvider for OpenAiProvider {
         {
             body.insert("max_completion_tokens".to_owned(), v);
         }
-        let bytes =
-            serde_json::to_vec(&body).map_err(|e| ProviderError::Translate(e.to_string()))?;
-        Ok(PreparedCall {
-            body: Bytes::from(bytes),
-        })
+        PreparedCall::json(&body)
     }
 
     fn send<'a>(
