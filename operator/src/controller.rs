@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -42,8 +42,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Settings of the controller from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Watch one namespace, or all when `None`.
-    pub namespace: Option<String>,
+    /// Watch these namespaces, or all when empty.
+    pub namespaces: Vec<String>,
     pub defaults: OperatorDefaults,
     /// Most endpoints reconciled at once.
     pub concurrency: u16,
@@ -265,14 +265,38 @@ where
     (reader, stream)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one watch over all namespaces, or one
+/// controller per watched namespace — with namespaced RBAC there is nothing to watch across them.
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = settings.namespace.as_deref();
+    if settings.namespaces.is_empty() {
+        return run_in(client, None, &settings, metrics, shutdown).await;
+    }
+    let shutdown = shutdown.shared();
+    let controllers = settings.namespaces.iter().map(|ns| {
+        run_in(
+            client.clone(),
+            Some(ns.as_str()),
+            &settings,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    futures_util::future::join_all(controllers).await;
+}
+
+/// The controller of one namespace (or of all, with `None`).
+async fn run_in(
+    client: Client,
+    ns: Option<&str>,
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let (config_maps, cm_stream) = child_cache(api::<ConfigMap>(&client, ns));
     let (deployments, deploy_stream) = child_cache(api::<Deployment>(&client, ns));
     let (services, svc_stream) = child_cache(api::<Service>(&client, ns));

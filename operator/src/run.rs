@@ -21,13 +21,13 @@ use crate::telemetry::LogFormat;
 /// Options of `inferscale-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces: repeat the flag or separate with commas (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespace: Vec<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else --namespace, else
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else the first --namespace, else
     /// `default`).
     #[arg(long)]
     pub leader_election_namespace: Option<String>,
@@ -181,7 +181,7 @@ async fn lead_and_reconcile(
     let client = Client::try_default().await.map_err(RunError::Client)?;
 
     // Fail fast with the fix when the CRD is missing, instead of a watcher retrying forever.
-    let probe: Api<ScalingEndpoint> = match &args.namespace {
+    let probe: Api<ScalingEndpoint> = match args.namespace.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
@@ -192,7 +192,7 @@ async fn lead_and_reconcile(
     }
 
     let settings = Settings {
-        namespace: args.namespace.clone(),
+        namespaces: args.namespace.clone(),
         defaults: OperatorDefaults {
             worker_image: args.worker_image.clone(),
         },
@@ -212,7 +212,7 @@ async fn lead_and_reconcile(
             .leader_election_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| args.namespace.clone())
+            .or_else(|| args.namespace.first().cloned())
             .unwrap_or_else(|| "default".to_owned()),
         name: args.lease_name.clone(),
         identity: identity(),

@@ -28,7 +28,8 @@ check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set g
   --set replicaCount=2 --set podDisruptionBudget.enabled=true
 check "helm lint (one namespace)" lint --set 'watchNamespaces={team-a}'
 check "helm lint (no leader election)" lint --set leaderElection.enabled=false
-check "schema refuses two watchNamespaces" refuses lint --set 'watchNamespaces={a,b}'
+check "helm lint (two namespaces)" lint --set 'watchNamespaces={team-a,team-b}'
+check "schema refuses a duplicate namespace" refuses lint --set 'watchNamespaces={a,a}'
 check "schema refuses an unknown value" refuses lint --set imagee.tag=x
 check "schema refuses a bad log format" refuses lint --set logging.format=xml
 check "schema refuses a bad digest" refuses lint --set image.digest=latest

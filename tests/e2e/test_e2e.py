@@ -287,30 +287,33 @@ def test_operator_was_never_refused(operator):
 
 
 def test_watch_namespaces_switches_to_namespaced_rbac(operator, sa_kubeconfig, workdir):
-    """watchNamespaces=[CLIENT_NS]: no cluster-wide RBAC; the operator, restarted as the upgraded
-    Deployment says (--namespace), still reconciles there and can read nothing elsewhere."""
+    """watchNamespaces=[CLIENT_NS, EX_NS]: no cluster-wide RBAC, a Role in each; the operator,
+    restarted as the upgraded Deployment says (--namespace), reconciles in both namespaces and can
+    read nothing elsewhere."""
     assert operator["proc"].stop() == 0, operator["proc"].logs()
     helm("upgrade", RELEASE, str(ROOT / "charts/inferscale"), "--namespace", OP_NS, "--reuse-values",
-         "--set", f"watchNamespaces={{{CLIENT_NS}}}", "--wait", "--timeout", "120s")
+         "--set", f"watchNamespaces={{{CLIENT_NS},{EX_NS}}}", "--wait", "--timeout", "120s")
     assert k("get", "clusterrole", RELEASE, check=False).returncode != 0
     assert k("get", "clusterrolebinding", RELEASE, check=False).returncode != 0
     assert kj("-n", CLIENT_NS, "get", "role", RELEASE)["rules"]
+    assert kj("-n", EX_NS, "get", "role", RELEASE)["rules"]
     sa = f"system:serviceaccount:{OP_NS}:{RELEASE}"
     can = lambda verb, res, ns: k("auth", "can-i", verb, res, f"--as={sa}", "-n", ns, check=False).stdout.strip() == "yes"  # noqa: E731
-    assert can("list", "secrets", CLIENT_NS) and not can("list", "secrets", EX_NS) and not can("list", "secrets", OP_NS)
+    assert can("list", "secrets", CLIENT_NS) and can("list", "secrets", EX_NS) and not can("list", "secrets", OP_NS)
 
     proc, url = start_operator(sa_kubeconfig, workdir)
     operator.update(proc=proc, url=url)
-    assert f"--namespace={CLIENT_NS}" in proc.spec.argv
-    # A deleted child is recreated: the namespaced watches and writes work.
-    uid = kj("-n", CLIENT_NS, "get", "deployment", "openai-sc")["metadata"]["uid"]
-    k("-n", CLIENT_NS, "delete", "deployment", "openai-sc", "--wait=false")
-    podsim.wait_for(
-        "the worker Deployment to be recreated",
-        lambda: (d := k("-n", CLIENT_NS, "get", "deployment", "openai-sc", "-o", "jsonpath={.metadata.uid}", check=False)).returncode == 0
-        and d.stdout not in ("", uid),
-        timeout=60,
-    )
-    wait_ready(CLIENT_NS, "openai-sc")
+    assert f"--namespace={CLIENT_NS},{EX_NS}" in proc.spec.argv
+    # A deleted child is recreated in each namespace: the namespaced watches and writes work.
+    for ns, name in ((CLIENT_NS, "openai-sc"), (EX_NS, "openai-bon")):
+        uid = kj("-n", ns, "get", "deployment", name)["metadata"]["uid"]
+        k("-n", ns, "delete", "deployment", name, "--wait=false")
+        podsim.wait_for(
+            f"the worker Deployment {ns}/{name} to be recreated",
+            lambda ns=ns, name=name, uid=uid: (d := k("-n", ns, "get", "deployment", name, "-o", "jsonpath={.metadata.uid}", check=False)).returncode == 0
+            and d.stdout not in ("", uid),
+            timeout=60,
+        )
+        wait_ready(ns, name)
     no_forbidden(proc)
     assert proc.alive(), proc.logs()
