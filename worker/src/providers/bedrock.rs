@@ -101,18 +101,15 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
-use super::retry::parse_retry_after;
 use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy,
-    UpstreamError, Usage, redact, send_with_retries, transport_error,
+    UpstreamError, Usage, read_error, redact, send_with_retries, transport_error,
 };
 use crate::config::{LiveSecret, SecretValue};
 
 /// SigV4 signing name of Bedrock Runtime (not `bedrock-runtime`, whatever the host says).
 const SIGNING_NAME: &str = "bedrock";
 const DEFAULT_REGION: &str = "us-east-1";
-/// Longest error body kept from an upstream (enough for any error message).
-const ERROR_BODY_LIMIT: usize = 4096;
 /// Chain credentials are renewed this long before they expire, so that none expires mid-call.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(300);
 /// `extra_args` keys this provider reads; other `aws_*` keys are refused rather than ignored.
@@ -446,28 +443,17 @@ impl BedrockProvider {
             .send()
             .await
             .map_err(|e| transport_error(e, self.call_timeout))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(
-                resp.headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()),
-            );
-            let error_type = resp
-                .headers()
+        if !resp.status().is_success() {
+            let e = read_error(resp).await;
+            let error_type = e
+                .headers
                 .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let (status, message) = aws_error(
-                status.as_u16(),
-                error_type.as_deref(),
-                &bytes[..bytes.len().min(ERROR_BODY_LIMIT)],
-            );
+                .and_then(|v| v.to_str().ok());
+            let (status, message) = aws_error(e.status, error_type, &e.body);
             return Err(UpstreamError::Status {
                 status,
                 message: redact(message, secrets.iter().map(String::as_str)),
-                retry_after,
+                retry_after: e.retry_after,
             });
         }
         let bytes = resp

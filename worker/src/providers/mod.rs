@@ -265,6 +265,38 @@ pub fn tool_calls_of(message: &Value) -> Vec<ToolCall> {
         .collect()
 }
 
+/// Longest error body kept from an upstream (enough for any error message).
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// What the providers read from a failed upstream response.
+pub struct ErrorResponse {
+    pub status: u16,
+    /// `Retry-After` in seconds, when given.
+    pub retry_after: Option<Duration>,
+    pub headers: http::HeaderMap,
+    /// The start of the body (at most 4 KiB).
+    pub body: Bytes,
+}
+
+/// Reads a non-success response: status, `Retry-After`, headers and a bounded body.
+pub async fn read_error(resp: reqwest::Response) -> ErrorResponse {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let retry_after = retry::parse_retry_after(
+        headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut body = resp.bytes().await.unwrap_or_default();
+    body.truncate(ERROR_BODY_LIMIT);
+    ErrorResponse {
+        status,
+        retry_after,
+        headers,
+        body,
+    }
+}
+
 /// Maps a transport failure of reqwest. Its messages name the URL but never headers, so no
 /// credential can leak through them.
 pub fn transport_error(e: reqwest::Error, call_timeout: Duration) -> UpstreamError {

@@ -7,15 +7,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use super::retry::parse_retry_after;
 use super::{
     BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy, UpstreamError,
-    redact, send_with_retries, transport_error,
+    read_error, redact, send_with_retries, transport_error,
 };
 use crate::config::LiveSecret;
-
-/// Longest error body kept from an upstream (enough for any error message).
-const ERROR_BODY_LIMIT: usize = 4096;
 
 pub struct OpenAiProvider {
     kind: &'static str,
@@ -69,19 +65,12 @@ impl OpenAiProvider {
             .send()
             .await
             .map_err(|e| transport_error(e, self.call_timeout))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(
-                resp.headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok()),
-            );
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let message = error_message(&bytes[..bytes.len().min(ERROR_BODY_LIMIT)]);
+        if !resp.status().is_success() {
+            let e = read_error(resp).await;
             return Err(UpstreamError::Status {
-                status: status.as_u16(),
-                message: redact(message, key.as_deref()),
-                retry_after,
+                status: e.status,
+                message: redact(error_message(&e.body), key.as_deref()),
+                retry_after: e.retry_after,
             });
         }
         let bytes = resp
