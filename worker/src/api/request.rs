@@ -4,6 +4,7 @@
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -31,7 +32,8 @@ pub struct ChatCompletionRequest {
     /// Tools the model may call; forwarded to every candidate call.
     pub tools: Option<Vec<ToolDefinition>>,
     /// `none`, `auto`, `required` or `{"type": "function", "function": {"name": …}}`; forwarded.
-    pub tool_choice: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub tool_choice: Option<IgnoredAny>,
     /// Must be 1 if given: one answer is returned (use `budget` for more candidates).
     pub n: Option<u64>,
 }
@@ -41,7 +43,8 @@ pub struct ChatCompletionRequest {
 pub struct ChatMessage {
     pub role: Role,
     /// A string, a list of content parts, or null (assistant messages that only call tools).
-    pub content: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub content: Option<Content>,
     /// Tool calls made by an assistant message.
     pub tool_calls: Option<Vec<ToolCallIn>>,
     /// For `tool` messages: the id of the call this answers.
@@ -88,7 +91,39 @@ pub struct FunctionDefinition {
     pub name: String,
     pub description: Option<String>,
     /// JSON Schema of the arguments.
-    pub parameters: Option<Value>,
+    #[schemars(with = "Option<Value>")]
+    pub parameters: Option<IgnoredAny>,
+}
+
+/// The kind of a message's `content`. Only the kind is checked — the original JSON is what gets
+/// forwarded — so validation copies no message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Text,
+    Parts,
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Kind;
+        impl<'de> serde::de::Visitor<'de> for Kind {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, an array of content parts or null")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Content, E> {
+                Ok(Content::Text)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Content, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Content::Parts)
+            }
+        }
+        d.deserialize_any(Kind)
+    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -120,28 +155,28 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             None,
         )
     })?;
-    let Value::Object(mut map) = value else {
-        return Err(ApiError::bad_request(
-            "The request body must be a JSON object.",
-            None,
-        ));
-    };
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
     for required in ["model", "messages"] {
-        if !map.contains_key(required) {
+        if value.get(required).is_none() {
             return Err(ApiError::bad_request(
                 format!("Missing required parameter: '{required}'."),
                 Some(required.to_owned()),
             ));
         }
     }
-    // A typed pass over the same map: precise messages with the path of the offending field.
-    let typed: ChatCompletionRequest =
-        serde_path_to_error::deserialize(&Value::Object(map.clone())).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            ApiError::bad_request(format!("Invalid value for '{path}': {inner}"), Some(path))
-        })?;
+    // A typed pass over the same value, by reference: precise messages with the path of the
+    // offending field, and nothing copied but the few scalars the worker reads.
+    let typed: ChatCompletionRequest = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ApiError::bad_request(format!("Invalid value for '{path}': {inner}"), Some(path))
+    })?;
     check_semantics(&typed)?;
+    let Value::Object(mut map) = value else {
+        return Err(not_an_object());
+    };
     for f in OWN_FIELDS {
         map.remove(*f);
     }
@@ -212,24 +247,12 @@ fn check_semantics(r: &ChatCompletionRequest) -> Result<(), ApiError> {
     }
     for (i, m) in r.messages.iter().enumerate() {
         let at = |field: &str| Some(format!("messages[{i}].{field}"));
-        match &m.content {
-            Some(Value::String(_)) | Some(Value::Array(_)) => {}
-            Some(Value::Null) | None => {
-                let tool_call_turn = m.role == Role::Assistant
-                    && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
-                if !tool_call_turn {
-                    return Err(ApiError::bad_request(
-                        format!("messages[{i}].content is required for a {:?} message (null is only allowed for assistant messages with tool_calls)", m.role).to_lowercase(),
-                        at("content"),
-                    ));
-                }
-            }
-            Some(other) => {
+        if m.content.is_none() {
+            let tool_call_turn =
+                m.role == Role::Assistant && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+            if !tool_call_turn {
                 return Err(ApiError::bad_request(
-                    format!(
-                        "messages[{i}].content must be a string, an array of content parts or null, got {}",
-                        kind(other)
-                    ),
+                    format!("messages[{i}].content is required for a {:?} message (null is only allowed for assistant messages with tool_calls)", m.role).to_lowercase(),
                     at("content"),
                 ));
             }
@@ -258,15 +281,8 @@ fn check_semantics(r: &ChatCompletionRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
+fn not_an_object() -> ApiError {
+    ApiError::bad_request("The request body must be a JSON object.", None)
 }
 
 #[cfg(test)]
