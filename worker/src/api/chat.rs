@@ -186,8 +186,7 @@ async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
 
 fn completion(job: &Job, mut outcome: Outcome) -> Response {
     let metadata = (!job.req.return_response_only).then(|| outcome.metadata());
-    let finish = finish_reason(outcome.winner()).to_owned();
-    let winner = outcome.candidates.swap_remove(outcome.selected);
+    let (message, finish, logprobs) = take_winner(&mut outcome);
     let id = format!("chatcmpl-its-{}", crate::rand::hex(24));
     let body = ChatCompletion {
         object: "chat.completion",
@@ -195,9 +194,9 @@ fn completion(job: &Job, mut outcome: Outcome) -> Response {
         model: job.req.model.clone(),
         choices: vec![Choice {
             index: 0,
-            message: normalise_message(winner.message, &mut tool_call_id),
-            logprobs: winner.logprobs,
-            finish_reason: finish,
+            message,
+            logprobs,
+            finish_reason: finish.to_owned(),
         }],
         usage: outcome.usage.into(),
         system_fingerprint: outcome.system_fingerprint,
@@ -207,6 +206,18 @@ fn completion(job: &Job, mut outcome: Outcome) -> Response {
     let mut resp = Json(&body).into_response();
     add_headers(resp.headers_mut(), &body.id, job.budget);
     resp
+}
+
+/// Moves the selected candidate out of the outcome (no copy) as a well-formed assistant message,
+/// with its finish reason and logprobs.
+fn take_winner(outcome: &mut Outcome) -> (Value, &'static str, Option<Value>) {
+    let finish = finish_reason(outcome.winner());
+    let winner = outcome.candidates.swap_remove(outcome.selected);
+    (
+        normalise_message(winner.message, &mut tool_call_id),
+        finish,
+        winner.logprobs,
+    )
 }
 
 fn add_headers(h: &mut HeaderMap, id: &str, budget: u32) {
@@ -262,9 +273,7 @@ fn stream(app: Arc<AppState>, job: Job, mut guard: RequestGuard) -> Response {
                     .started
                     .elapsed()
                     .saturating_sub(outcome.upstream_time);
-                let finish = finish_reason(outcome.winner());
-                let winner = outcome.candidates.swap_remove(outcome.selected);
-                let message = normalise_message(winner.message, &mut tool_call_id);
+                let (message, finish, _) = take_winner(&mut outcome);
                 let usage = job.req.include_usage.then(|| outcome.usage.into());
                 guard.finish_ok(overhead);
                 head.answer_chunks(&message, finish, usage)
