@@ -2,7 +2,7 @@
 # The project's whole test suite — what README's "Run the tests" and CI run.
 #
 # Installs or builds everything it needs (caches under ~/.cache), then runs, in order:
-#   1. cargo fmt --check and clippy -D warnings
+#   1. script conventions, cargo fmt --check and clippy -D warnings
 #   2. cargo test --workspace          (unit tests, CRD drift check)
 #   3. pytest tests/python             (worker + simulator, real `openai` client, curl, promtool)
 #   4. the local Kubernetes control plane (tests/k8s/with-cluster.sh): smoke test, operator
@@ -11,6 +11,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# Outside the steps, a failing command ends the run: say which one, not just the exit status.
+trap 'echo "tests/run.sh: FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/inferscale
 log() { printf '\n==> %s\n' "$*"; }
 passed=0; failed=0; failed_steps=()
@@ -44,6 +46,7 @@ fi
 export PATH="$VENV/bin:$PATH"
 
 # --- Rust -------------------------------------------------------------------------------------
+step "script conventions (tests/check-scripts.sh)" tests/check-scripts.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (binaries used by the end-to-end tests)"

@@ -17,7 +17,8 @@ log() { echo "[build-bins $(date +%T)] $*" >&2; }
 # the release, and every "=> ./staging/src/k8s.io/X" replace turned into "=> k8s.io/X v0.<minor>.<patch>".
 gen_k8s_wrapper_gomod() { # <upstream go.mod> <vX.Y.Z>
   local up=$1 ver=$2 staging="v0.${2#v1.}"
-  if grep -E '=>[[:space:]]*\.{1,2}/' "$up" | grep -vq 'staging/src/'; then
+  # (grep >/dev/null, never grep -q, after a pipe: an early exit kills the writer with SIGPIPE)
+  if grep -E '=>[[:space:]]*\.{1,2}/' "$up" | grep -v 'staging/src/' >/dev/null; then
     echo "unexpected local replace in $up" >&2; return 1; fi
   echo 'module example.invalid/k8s-test-bins'
   echo
@@ -40,6 +41,11 @@ OUT=$CACHE/$key
 [[ -f $OUT/.complete ]] && { echo "$OUT/bin"; exit 0; }
 mkdir -p "$CACHE"; exec 9>"$CACHE/.lock"; flock 9            # one builder at a time
 [[ -f $OUT/.complete ]] && { echo "$OUT/bin"; exit 0; }
+# The build's whole log is kept beside the cache (a cold build takes 10-25 min: a failure must
+# say where and why, not vanish); stdout stays reserved for the bin dir.
+LOG=$CACHE/build-$key.log
+exec 2> >(tee "$LOG" >&2)
+trap 'log "FAILED (exit $?) at line $LINENO: $BASH_COMMAND — full log: $LOG"' ERR
 TMP=$(mktemp -d "$CACHE/.build.XXXXXX"); trap 'rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/out/bin" "$TMP/out/share"
 jget() { # jget Key[.Sub] < json   (prints "" when absent)
@@ -99,10 +105,18 @@ done > "$TMP/out/share/kwok-stages.yaml"
 
 # --- sanity + publish atomically -------------------------------------------------------------
 B=$TMP/out/bin
-"$B/kube-apiserver" --version | grep -qx "Kubernetes $K8S_VERSION"
-"$B/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}"
-"$B/kubectl" version --client | grep -q "$K8S_VERSION"
-"$B/helm" version --short >/dev/null; "$B/kind" version >/dev/null
+# Each check captures the whole output first: `cmd | grep -q` under pipefail fails at random when
+# grep exits at its first match and cmd dies of SIGPIPE writing its next line.
+check_version() { # check_version WHAT EXPECTED CMD...
+  local what=$1 want=$2 got; shift 2
+  got=$("$@" 2>&1) || { log "FAILED: $what: '$*' exited $? (build kept in $TMP)"; trap - EXIT; exit 1; }
+  [[ $got == *"$want"* ]] || { log "FAILED: $what reports '$got', expected '$want' (build kept in $TMP)"; trap - EXIT; exit 1; }
+}
+check_version kube-apiserver "Kubernetes $K8S_VERSION" "$B/kube-apiserver" --version
+check_version etcd "etcd Version: ${ETCD_VERSION#v}" "$B/etcd" --version
+check_version kubectl "$K8S_VERSION" "$B/kubectl" version --client
+check_version helm "$HELM_VERSION" "$B/helm" version --short
+check_version kind "${KIND_VERSION}" "$B/kind" version
 { echo "k8s=$K8S_VERSION etcd=$ETCD_VERSION kwok=$KWOK_VERSION helm=$HELM_VERSION kind=$KIND_VERSION"
   echo "go=$(go env GOVERSION) built=$(date -u +%FT%TZ)"; } > "$TMP/out/VERSIONS"
 touch "$TMP/out/.complete"; rm -rf "$OUT"; mv "$TMP/out" "$OUT"

@@ -50,7 +50,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if kind get clusters 2>/dev/null | grep -x "$CLUSTER" >/dev/null; then
   log "reusing kind cluster $CLUSTER"
   kind export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG" >&2
 else

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# tests/check-scripts.sh — conventions of the project's shell scripts that shellcheck does not know.
+#
+# Under `set -o pipefail`, `cmd | grep -q PATTERN` fails at random: grep exits at its first match,
+# cmd dies of SIGPIPE (exit 141) writing its next line, and pipefail turns that into a failure
+# (`set -e` then ends the script silently). Readers that stop early (grep -q/--quiet/-m, head)
+# must not end a pipeline whose status is checked; use `grep PATTERN >/dev/null`, which reads all.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+bad=0
+while IFS= read -r f; do
+  grep -q 'pipefail' "$f" || continue
+  # a pipe, then grep with -q (alone or among other short flags) or --quiet
+  if hits=$(grep -nE '\|[[:space:]]*grep[[:space:]]+(-[A-Za-z]*q[A-Za-z]*|--quiet)([[:space:]]|$)' "$f"); then
+    printf '%s: `| grep -q` under pipefail (use `grep ... >/dev/null`):\n%s\n' "$f" "$hits" >&2
+    bad=1
+  fi
+done < <(git ls-files '*.sh' '.ci/run' 'tests/run.sh')
+(( bad == 0 )) && echo "check-scripts: no early-exiting reader after a pipe in pipefail scripts"
+exit "$bad"
