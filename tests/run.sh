@@ -4,7 +4,8 @@
 # Installs or builds everything it needs (caches under ~/.cache), then runs, in order:
 #   1. script conventions, cargo fmt --check and clippy -D warnings
 #   2. cargo test --workspace          (unit tests, CRD drift check)
-#   3. pytest tests/python             (worker + simulator, real `openai` client, curl, promtool)
+#   3. pytest tests/python             (worker + simulator, real `openai` clients for Python and
+#                                       Node.js, curl, promtool)
 #   4. the local Kubernetes control plane (tests/k8s/with-cluster.sh): smoke test, operator
 #      integration tests, chart and manifest checks — the control plane is always stopped.
 # Env: SKIP_K8S=1 skips step 4 (for a quick local loop; CI never sets it).
@@ -44,6 +45,13 @@ if [[ ! -f $VENV/.req-$req_hash ]]; then
   touch "$VENV/.req-$req_hash"
 fi
 export PATH="$VENV/bin:$PATH"
+# openai-node for the Node.js client tests, pinned by tests/node/package-lock.json.
+need node "Node.js 20+ for the openai-node client tests"; need npm "npm"
+lock_hash=$(sha256sum tests/node/package-lock.json | cut -c1-16)
+if [[ ! -f tests/node/node_modules/.lock-$lock_hash ]]; then
+  log "installing openai-node (npm ci in tests/node)"
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error) && touch "tests/node/node_modules/.lock-$lock_hash"
+fi
 
 # --- Rust -------------------------------------------------------------------------------------
 step "script conventions (tests/check-scripts.sh)" tests/check-scripts.sh
