@@ -5,17 +5,20 @@
 #   gpu-0         8 x NVIDIA-A100-SXM4-80GB, untainted
 #   gpu-1         4 x NVIDIA-H100-80GB-HBM3, tainted nvidia.com/gpu=present:NoSchedule
 # Labels follow what NVIDIA's GPU operator / GPU feature discovery put on real nodes.
-# Env: KUBECONFIG (admin), K8S_BIN (kubectl is taken from there first), NODES_TIMEOUT (s, default 90).
+# Env: KUBECONFIG (admin), K8S_BIN (kubectl is taken from there first), NODES_TIMEOUT (s, default 90),
+#      NODE_PODS (pod capacity per node, default 1500: room for the 1,000-endpoint scale benchmark;
+#      kubelet's 110 left 670 of its worker pods Pending with "Too many pods").
 # Idempotent: existing nodes are left as they are.
 set -euo pipefail
 [[ -n ${K8S_BIN:-} ]] && PATH=$K8S_BIN:$PATH
 : "${KUBECONFIG:?set KUBECONFIG to the admin kubeconfig}"
 timeout_s=${NODES_TIMEOUT:-90}
+node_pods=${NODE_PODS:-1500}
 
 node() { # name cpu memory gpus product taint(yes|no)
   local name=$1 cpu=$2 mem=$3 gpus=$4 product=$5 taint=$6 labels='' caps spec='spec: {}'
   if kubectl get node "$name" >/dev/null 2>&1; then return 0; fi
-  caps="{cpu: \"$cpu\", memory: $mem, pods: \"110\", ephemeral-storage: 200Gi"
+  caps="{cpu: \"$cpu\", memory: $mem, pods: \"$node_pods\", ephemeral-storage: 200Gi"
   if (( gpus > 0 )); then
     caps+=", nvidia.com/gpu: \"$gpus\""
     labels="
