@@ -4,7 +4,9 @@
 //! (a vote, or a judge), select. Adaptive variants that stop early fit the same shape: they
 //! consume the fan-out's results as they arrive and drop the rest, which cancels them.
 
+pub mod adaptive;
 pub mod best_of_n;
+pub mod early;
 pub mod fanout;
 pub mod vote;
 

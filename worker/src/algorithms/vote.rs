@@ -152,7 +152,7 @@ fn text_vote(candidates: &[Candidate], idx: &[usize], patterns: &[Regex]) -> Vot
 }
 
 /// The regex projection of a text, or `None` when no pattern matches.
-fn regex_key(text: &str, patterns: &[Regex]) -> Option<String> {
+pub(crate) fn regex_key(text: &str, patterns: &[Regex]) -> Option<String> {
     let parts: Vec<Option<String>> = patterns
         .iter()
         .map(|re| {
@@ -175,82 +175,83 @@ fn regex_key(text: &str, patterns: &[Regex]) -> Option<String> {
 }
 
 fn tool_vote(candidates: &[Candidate], idx: &[usize], mode: ToolVote, exclude: &[String]) -> Vote {
+    let space = match mode {
+        ToolVote::ToolName => VoteSpace::ToolName,
+        ToolVote::ToolArgs => VoteSpace::ToolArgs,
+        ToolVote::ToolFlatAll => VoteSpace::ToolFlatAll,
+        ToolVote::ToolHierarchical => return hierarchical_vote(candidates, idx, exclude),
+    };
+    flat(
+        idx.iter()
+            .map(|&i| (i, flat_tool_key(&candidates[i], mode, exclude)))
+            .collect(),
+        space,
+    )
+}
+
+/// Level 1: which tools. Level 2: exact arguments, among the winning tools only.
+fn hierarchical_vote(candidates: &[Candidate], idx: &[usize], exclude: &[String]) -> Vote {
+    let names = tally(
+        idx.iter()
+            .map(|&i| (i, names_key(&candidates[i])))
+            .collect(),
+    );
+    let (name_winner, _) = winner(&names);
+    let finalists = &names[name_winner].members;
+    let full = tally(
+        idx.iter()
+            .map(|&i| (i, calls_key(&candidates[i], exclude)))
+            .collect(),
+    );
+    let in_final = tally(
+        finalists
+            .iter()
+            .map(|&i| (i, calls_key(&candidates[i], exclude)))
+            .collect(),
+    );
+    let (w, tied) = winner(&in_final);
+    Vote {
+        selected: in_final[w].members[0],
+        winner_votes: in_final[w].members.len(),
+        counts: full
+            .iter()
+            .map(|g| (g.key.clone(), g.members.len()))
+            .collect(),
+        name_counts: Some(
+            names
+                .iter()
+                .map(|g| (g.key.clone(), g.members.len()))
+                .collect(),
+        ),
+        eligible: idx.len(),
+        space: VoteSpace::ToolHierarchical,
+        tied: tied || winner(&names).1,
+    }
+}
+
+/// The key a candidate votes with in the flat tool-vote modes (`tool_name`, `tool_args`,
+/// `tool_flat_all`); for `tool_hierarchical`, its first level (the tool names).
+pub(crate) fn flat_tool_key(c: &Candidate, mode: ToolVote, exclude: &[String]) -> String {
     match mode {
-        ToolVote::ToolName => flat(
-            idx.iter()
-                .map(|&i| (i, names_key(&candidates[i])))
-                .collect(),
-            VoteSpace::ToolName,
-        ),
-        ToolVote::ToolArgs => flat(
-            idx.iter()
-                .map(|&i| {
-                    let args: Vec<String> = candidates[i]
-                        .tool_calls
-                        .iter()
-                        .map(|c| canonical_args(&c.arguments, exclude))
-                        .collect();
-                    (i, args.join("; "))
-                })
-                .collect(),
-            VoteSpace::ToolArgs,
-        ),
-        ToolVote::ToolFlatAll => flat(
-            idx.iter()
-                .map(|&i| {
-                    let set: BTreeSet<String> = candidates[i]
-                        .tool_calls
-                        .iter()
-                        .map(|c| format!("{}({})", c.name, canonical_args(&c.arguments, exclude)))
-                        .collect();
-                    (i, set.into_iter().collect::<Vec<_>>().join("; "))
-                })
-                .collect(),
-            VoteSpace::ToolFlatAll,
-        ),
-        ToolVote::ToolHierarchical => {
-            // Level 1: which tools. Level 2: exact arguments, among the winning tools only.
-            let names = tally(
-                idx.iter()
-                    .map(|&i| (i, names_key(&candidates[i])))
-                    .collect(),
-            );
-            let (name_winner, _) = winner(&names);
-            let finalists = &names[name_winner].members;
-            let full = tally(
-                idx.iter()
-                    .map(|&i| (i, calls_key(&candidates[i], exclude)))
-                    .collect(),
-            );
-            let in_final = tally(
-                finalists
-                    .iter()
-                    .map(|&i| (i, calls_key(&candidates[i], exclude)))
-                    .collect(),
-            );
-            let (w, tied) = winner(&in_final);
-            Vote {
-                selected: in_final[w].members[0],
-                winner_votes: in_final[w].members.len(),
-                counts: full
-                    .iter()
-                    .map(|g| (g.key.clone(), g.members.len()))
-                    .collect(),
-                name_counts: Some(
-                    names
-                        .iter()
-                        .map(|g| (g.key.clone(), g.members.len()))
-                        .collect(),
-                ),
-                eligible: idx.len(),
-                space: VoteSpace::ToolHierarchical,
-                tied: tied || winner(&names).1,
-            }
+        ToolVote::ToolName | ToolVote::ToolHierarchical => names_key(c),
+        ToolVote::ToolArgs => c
+            .tool_calls
+            .iter()
+            .map(|t| canonical_args(&t.arguments, exclude))
+            .collect::<Vec<_>>()
+            .join("; "),
+        ToolVote::ToolFlatAll => {
+            let set: BTreeSet<String> = c
+                .tool_calls
+                .iter()
+                .map(|t| format!("{}({})", t.name, canonical_args(&t.arguments, exclude)))
+                .collect();
+            set.into_iter().collect::<Vec<_>>().join("; ")
         }
     }
 }
 
-fn names_key(c: &Candidate) -> String {
+pub(crate) fn names_key(c: &Candidate) -> String {
     c.tool_calls
         .iter()
         .map(|t| t.name.as_str())
@@ -258,7 +259,7 @@ fn names_key(c: &Candidate) -> String {
         .join(", ")
 }
 
-fn calls_key(c: &Candidate, exclude: &[String]) -> String {
+pub(crate) fn calls_key(c: &Candidate, exclude: &[String]) -> String {
     c.tool_calls
         .iter()
         .map(|t| format!("{}({})", t.name, canonical_args(&t.arguments, exclude)))
