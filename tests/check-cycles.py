@@ -295,21 +295,25 @@ def load_crate(name: str, src: Path, root: Path) -> Crate:
     files = sorted(p for p in src.rglob("*.rs") if p.relative_to(src).parts[0] != "bin")
     test_only: set[Path] = set()
     scans: dict[Path, FileScan] = {}
+    roots = [src / "lib.rs", src / "main.rs"]
     for f in files:
         rel = f.relative_to(src)
-        if rel.name in ("lib.rs", "main.rs") and len(rel.parts) == 1:
-            continue
-        scans[f] = scan_file(f.read_text(encoding="utf-8"), module_path_of(rel))
+        scans[f] = scan_file(f.read_text(encoding="utf-8"), [] if f in roots else module_path_of(rel))
     for f, scan in scans.items():
-        base = f.parent if f.name == "mod.rs" else f.with_suffix("")
+        # a module file's children live next to it (lib.rs, main.rs, mod.rs) or in its folder
+        base = f.parent if f.name == "mod.rs" or f in roots else f.with_suffix("")
         for child in scan.test_only_children:
             test_only.update({base / f"{child}.rs", base / child / "mod.rs"})
+    # a test-only module's files are test-only too
+    test_only_dirs = {p.parent for p in test_only if p.name == "mod.rs"} | {p.with_suffix("") for p in test_only}
     for f, scan in scans.items():
+        if f in roots:
+            continue  # the crate root declares modules; its own paths are not between modules
         rel = f.relative_to(src)
         top = rel.parts[0].removesuffix(".rs")
-        crate.modules.add(top)
-        if scan.whole_file_is_test or f in test_only:
+        if scan.whole_file_is_test or f in test_only or any(d in f.parents for d in test_only_dirs):
             continue
+        crate.modules.add(top)
         where_prefix = f.relative_to(root).as_posix()
         for use in scan.paths:
             where = f"{where_prefix}:{use.line}: {'::'.join(use.segments)}"
@@ -514,10 +518,14 @@ def check(root: Path) -> list[str]:
 def self_test() -> int:
     """The check on small fabricated crates: each rule must fire, and a clean tree must pass."""
     clean_worker = {
-        "lib.rs": "pub mod api; pub mod algorithms; pub mod providers; mod rand;",
+        "lib.rs": "pub mod api; pub mod algorithms; pub mod providers; mod rand;\n#[cfg(test)]\nmod test_support;",
+        "test_support/mod.rs": "use crate::api::x; mod more;",
+        "test_support/more.rs": "use crate::algorithms::run;",
         "api/mod.rs": "use crate::algorithms::run;\nmod chat;",
         "api/chat.rs": "use super::super::providers::{self, Call};\n",
-        "algorithms/mod.rs": "use crate::{providers::Call, rand};\npub fn run() {}",
+        "algorithms/mod.rs": "use crate::{providers::Call, rand};\npub fn run() {}\n#[cfg(test)]\nmod testkit;",
+        "algorithms/testkit/mod.rs": "use axum::Json;\nmod deep;",
+        "algorithms/testkit/deep.rs": "use crate::api::x;",
         "providers/mod.rs": (
             "// use crate::algorithms; (a comment)\n"
             'const S: &str = "crate::algorithms::run";\n'
@@ -551,7 +559,7 @@ def self_test() -> int:
         ),
         "algorithms use axum": (
             {"algorithms/vote.rs": "fn f(_: axum::Json<()>) {}",
-             "algorithms/mod.rs": "mod vote; use crate::providers::Call;"},
+             "algorithms/mod.rs": "mod vote; use crate::providers::Call;\n#[cfg(test)]\nmod testkit;"},
             {},
             ["worker: algorithms must not use HTTP types"],
         ),
@@ -570,7 +578,7 @@ def self_test() -> int:
             {"algorithms/mod.rs": (
                 "use crate::providers::Call;\nconst A: &str = r#\"crate::api::x\"#;\n"
                 "const B: char = '\"'; const C: &str = \"use crate::api;\";\n"
-                "fn f<'a>(x: &'a str) {}\n#[cfg(test)]\nmod helpers;")},
+                "fn f<'a>(x: &'a str) {}\n#[cfg(test)]\nmod testkit;")},
             {},
             [],
         ),
