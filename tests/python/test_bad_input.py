@@ -200,10 +200,11 @@ def test_unknown_route_or_method(catalogue_worker, mock, method, path, status, c
 # --- POST /configure --------------------------------------------------------------------------
 # (id, body (dict or bytes), param, message fragment); all 400 invalid_request_error
 CONFIGURE_CASES = [
-    ("not-json", b"{model: m}", None, "invalid configuration"),
+    pytest.param("not-json", b"{model: m}", None, "invalid configuration: key must be a string", marks=pytest.mark.xfail(
+        strict=True, reason="bug: a syntax error answers param '?' (serde_path_to_error's unknown path) instead of null")),
     ("missing-model", {"alg": "self-consistency"}, None, "missing field `model`"),
     ("empty-model", {"model": " "}, "model", "model must not be empty"),
-    ("unknown-field", {"model": "m", "surprise": True}, None, "unknown field `surprise`"),
+    ("unknown-field", {"model": "m", "surprise": True}, "surprise", "unknown field `surprise`"),
     ("unknown-algorithm", {"model": "m", "alg": "beam-search"}, "alg", "unknown variant `beam-search`"),
     ("unknown-provider", {"model": "m", "provider": "azure"}, "provider", "unknown variant `azure`"),
     ("unknown-tool-vote", {"model": "m", "tool_vote": "by_vibes"}, "tool_vote", "unknown variant `by_vibes`"),
@@ -233,12 +234,23 @@ CONFIGURE_CASES = [
     ("max-concurrency-0", {"model": "m", "upstream": {"max_concurrency": 0}}, "upstream.max_concurrency", "must be at least 1"),
     ("candidates-per-call-0", {"model": "m", "upstream": {"candidates_per_call": 0}}, "upstream.candidates_per_call",
      "must be between 1 and 128"),
-    ("unknown-upstream-field", {"model": "m", "upstream": {"retries": 3}}, "upstream", "unknown field `retries`"),
+    ("unknown-upstream-field", {"model": "m", "upstream": {"retries": 3}}, "upstream.retries", "unknown field `retries`"),
     ("server-settings", {"model": "m", "server": {"port": 9}}, "server", "server settings can only be set in the config file"),
 ]
 
 
-@pytest.mark.parametrize("body,param,fragment", [c[1:] for c in CONFIGURE_CASES], ids=[c[0] for c in CONFIGURE_CASES])
+def _cases(table):
+    """pytest params from (id, values...) rows; a row may already be a pytest.param with marks."""
+    out = []
+    for row in table:
+        if hasattr(row, "marks"):  # a pytest.param (itself a tuple)
+            out.append(pytest.param(*row.values[1:], id=row.values[0], marks=row.marks))
+        else:
+            out.append(pytest.param(*row[1:], id=row[0]))
+    return out
+
+
+@pytest.mark.parametrize("body,param,fragment", _cases(CONFIGURE_CASES))
 def test_bad_configuration_is_refused_and_changes_nothing(catalogue_worker, mock, body, param, fragment):
     status, headers, err = error_of(http("POST", catalogue_worker.url + "/configure", body))
     assert (status, err["type"], err["param"]) == (400, BAD, param), err
