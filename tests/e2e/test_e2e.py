@@ -92,9 +92,11 @@ WATCHED = (OP_NS, EX_NS, CLIENT_NS)
 
 
 def can(verb: str, res: str, ns: str | None = EX_NS, who: str = SA) -> bool:
-    """`kubectl auth can-i` as `who` (impersonated by the admin); `res` may end in /subresource."""
+    """`kubectl auth can-i` as `who` (impersonated by the admin); `res` may end in /subresource.
+    ns None: a cluster-scoped resource; "*": in all namespaces at once."""
     res, _, sub = res.partition("/")
-    args = ["auth", "can-i", verb, res, f"--as={who}"] + (["-n", ns] if ns else []) + ([f"--subresource={sub}"] if sub else [])
+    where = [] if ns is None else ["--all-namespaces"] if ns == "*" else ["-n", ns]
+    args = ["auth", "can-i", verb, res, f"--as={who}", *where] + ([f"--subresource={sub}"] if sub else [])
     return k(*args, check=False).stdout.strip() == "yes"
 
 
@@ -144,7 +146,7 @@ def test_default_install_cannot_read_secrets_outside_its_namespaces(release, sa_
         k("-n", ns, "apply", "-f", "-", input=json.dumps(secret))
 
     assert not can("get", "secrets", OTHER_NS) and not can("list", "secrets", OTHER_NS)
-    assert not can("list", "secrets", None), "cluster-wide Secret list must be refused"
+    assert not can("list", "secrets", "*"), "cluster-wide Secret list must be refused"
     refused = as_sa(sa_kubeconfig, "-n", OTHER_NS, "get", "secret", "db-creds", "-o", "json")
     assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr + refused.stdout
     assert "hunter2" not in refused.stdout + refused.stderr and "aHVudGVyMg" not in refused.stdout
@@ -374,7 +376,7 @@ def test_watch_all_namespaces_is_a_cluster_wide_opt_in(operator, sa_kubeconfig, 
     assert kj("get", "clusterrolebinding", RELEASE)["subjects"][0]["name"] == RELEASE
     for ns in (CLIENT_NS, EX_NS):
         assert k("-n", ns, "get", "role", RELEASE, check=False).returncode != 0, ns
-    assert can("get", "secrets", OTHER_NS) and can("list", "secrets", None)
+    assert can("get", "secrets", OTHER_NS) and can("list", "secrets", "*")
     shown = as_sa(sa_kubeconfig, "-n", OTHER_NS, "get", "secret", "db-creds", "-o", "jsonpath={.metadata.name}")
     assert shown.returncode == 0 and shown.stdout == "db-creds", shown.stderr
 
