@@ -371,7 +371,7 @@ def test_watch_all_namespaces_is_a_cluster_wide_opt_in(operator, sa_kubeconfig, 
     — the documented consequence — its token now reads Secrets everywhere."""
     assert operator["proc"].stop() == 0, operator["proc"].logs()
     helm("upgrade", RELEASE, str(ROOT / "charts/inferscale"), "--namespace", OP_NS, "--reuse-values",
-         "--set", "watchAllNamespaces=true", "--set", "watchNamespaces={}", "--wait", "--timeout", "120s")
+         "--set", "watchAllNamespaces=true", "--set-json", "watchNamespaces=[]", "--wait", "--timeout", "120s")
     assert kj("get", "clusterrole", RELEASE)["rules"]
     assert kj("get", "clusterrolebinding", RELEASE)["subjects"][0]["name"] == RELEASE
     for ns in (CLIENT_NS, EX_NS):
