@@ -2,7 +2,8 @@
 # The project's whole test suite — what README's "Run the tests" and CI run.
 #
 # Installs or builds everything it needs (caches under ~/.cache), then runs, in order:
-#   1. script conventions, cargo fmt --check and clippy -D warnings
+#   1. script conventions, module dependency rules (no import cycles), cargo fmt --check and
+#      clippy -D warnings
 #   2. cargo test --workspace          (unit tests, CRD drift check)
 #   3. pytest tests/python             (worker + simulator, real `openai` clients for Python and
 #                                       Node.js, curl, promtool)
@@ -55,6 +56,10 @@ fi
 
 # --- Rust -------------------------------------------------------------------------------------
 step "script conventions (tests/check-scripts.sh)" tests/check-scripts.sh
+# The module dependency rules (docs/architecture.md): its self-test first, so a check that
+# stopped seeing cycles cannot pass silently.
+module_rules() { python3 tests/check-cycles.py --self-test && python3 tests/check-cycles.py; }
+step "module dependency rules (tests/check-cycles.py)" module_rules
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo build (binaries used by the end-to-end tests)"

@@ -30,8 +30,12 @@ RELEASE = f"inferscale-e2e-{SUFFIX}"  # also the chart's fullname: ServiceAccoun
 OP_NS = f"inferscale-e2e-{SUFFIX}"
 EX_NS = f"e2e-examples-{SUFFIX}"
 CLIENT_NS = f"e2e-client-{SUFFIX}"
-# The chart's values for the e2e release: every optional object on.
-RELEASE_VALUES = ["--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true"]
+# A namespace the release does not watch, holding a Secret the operator must not be able to read.
+OTHER_NS = f"e2e-other-{SUFFIX}"
+# The chart's values for the e2e release: every optional object on; the default namespaced RBAC,
+# watching the release namespace plus the examples' and the client's namespaces.
+RELEASE_VALUES = ["--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true",
+                  "--set", f"watchNamespaces={{{EX_NS},{CLIENT_NS}}}"]
 
 
 def k(*args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -106,11 +110,14 @@ def monitoring_crd(cluster):
 def release(cluster, monitoring_crd):
     """`helm install` of the chart into a namespace that enforces the restricted Pod Security Standard."""
     namespace(OP_NS, enforce="restricted")
+    # The watched namespaces exist before the install: the chart puts a Role in each.
+    namespace(EX_NS, enforce="baseline")  # vLLM's pods run as the image's user (not "restricted")
+    namespace(CLIENT_NS, enforce="restricted")
     helm("install", RELEASE, str(CHART), "--namespace", OP_NS, *RELEASE_VALUES, "--wait", "--timeout", "120s")
     k("wait", "--for=condition=Established", "--timeout=60s", "crd/scalingendpoints.inferscale.dev")
     yield RELEASE
     helm("uninstall", RELEASE, "--namespace", OP_NS, check=False)
-    k("delete", "namespace", OP_NS, EX_NS, CLIENT_NS, "--ignore-not-found", "--wait=false", check=False)
+    k("delete", "namespace", OP_NS, EX_NS, CLIENT_NS, OTHER_NS, "--ignore-not-found", "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,35 @@ refuses() { # refuses CMD... — succeeds when CMD fails (a bad value must be re
   if "$@" >/dev/null 2>&1; then echo "accepted: $*"; return 1; fi
 }
 lint() { helm lint --strict "$CHART" "$@"; }
+render() { helm template x "$CHART" --namespace rel-ns "$@"; }
+has() { grep -E -- "$2" <<<"$1" >/dev/null || { echo "missing: $2"; return 1; }; }
+lacks() { if grep -E -- "$2" <<<"$1"; then echo "unexpected: $2"; return 1; fi; }
+# shellcheck disable=SC2317  # called through check
+default_watches_release_namespace_only() {
+  local out; out=$(render)
+  has "$out" '^            - --namespace=rel-ns$' && has "$out" '^kind: Role$' && has "$out" '^  namespace: rel-ns$' &&
+    lacks "$out" '^kind: ClusterRoleBinding$'
+}
+# shellcheck disable=SC2317
+watch_namespaces_add_to_release_namespace() {
+  local out; out=$(render --set 'watchNamespaces={team-a,rel-ns}')
+  has "$out" '^            - --namespace=rel-ns,team-a$' && has "$out" '^  namespace: team-a$' &&
+    lacks "$out" '^kind: ClusterRoleBinding$'
+}
+# shellcheck disable=SC2317
+watch_all_namespaces_is_cluster_wide() {
+  local out; out=$(render --set watchAllNamespaces=true)
+  has "$out" '^kind: ClusterRoleBinding$' && lacks "$out" '--namespace='
+}
+# shellcheck disable=SC2317
+aggregated_roles() {
+  local out; out=$(render)
+  has "$out" '^  name: inferscale-edit$' && has "$out" '^  name: inferscale-view$' &&
+    has "$out" 'rbac.authorization.k8s.io/aggregate-to-admin: "true"' &&
+    has "$out" 'rbac.authorization.k8s.io/aggregate-to-edit: "true"' &&
+    has "$out" 'rbac.authorization.k8s.io/aggregate-to-view: "true"' &&
+    out=$(render --set rbac.aggregatedRoles=false) && lacks "$out" 'inferscale-(edit|view)'
+}
 
 check "helm lint (defaults)" lint
 check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
@@ -29,6 +58,15 @@ check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set g
 check "helm lint (one namespace)" lint --set 'watchNamespaces={team-a}'
 check "helm lint (no leader election)" lint --set leaderElection.enabled=false
 check "helm lint (two namespaces)" lint --set 'watchNamespaces={team-a,team-b}'
+check "helm lint (all namespaces)" lint --set watchAllNamespaces=true
+check "helm lint (no aggregated roles, no RBAC)" lint --set rbac.aggregatedRoles=false --set rbac.create=false \
+  --set serviceAccount.create=false --set serviceAccount.name=existing
+check "default install watches the release namespace only (Role, no ClusterRoleBinding)" default_watches_release_namespace_only
+check "watchNamespaces add to the release namespace" watch_namespaces_add_to_release_namespace
+check "watchAllNamespaces is cluster-wide (ClusterRole, no --namespace)" watch_all_namespaces_is_cluster_wide
+check "aggregated roles inferscale-edit/-view, off with rbac.aggregatedRoles=false" aggregated_roles
+check "schema refuses a non-boolean watchAllNamespaces" refuses lint --set watchAllNamespaces=yes
+check "template refuses watchAllNamespaces with watchNamespaces" refuses helm template x "$CHART" --set watchAllNamespaces=true --set 'watchNamespaces={a}'
 check "schema refuses a duplicate namespace" refuses lint --set 'watchNamespaces={a,a}'
 check "schema refuses an unknown value" refuses lint --set imagee.tag=x
 check "schema refuses a bad log format" refuses lint --set logging.format=xml

@@ -18,7 +18,8 @@ VALUE_SETS = {
     "defaults": [],
     "everything-on": ["--set", "serviceMonitor.enabled=true", "--set", "grafanaDashboard.enabled=true",
                       "--set", "replicaCount=2", "--set", "leaderElection.namespace=" + DRY_NS],
-    "one-namespace": ["--set", f"watchNamespaces={{{DRY_NS}}}"],
+    "another-namespace-listed": ["--set", f"watchNamespaces={{{DRY_NS}-b}}"],
+    "all-namespaces": ["--set", "watchAllNamespaces=true"],
     "no-leader-election": ["--set", "leaderElection.enabled=false", "--set", "metrics.service.enabled=false"],
 }
 
@@ -26,8 +27,9 @@ VALUE_SETS = {
 @pytest.fixture(scope="module")
 def dry_ns(cluster, monitoring_crd):
     namespace(DRY_NS, enforce="restricted")
+    namespace(f"{DRY_NS}-b", enforce="restricted")  # watched by "another-namespace-listed": its Role goes there
     yield DRY_NS
-    k("delete", "namespace", DRY_NS, "--ignore-not-found", "--wait=false", check=False)
+    k("delete", "namespace", DRY_NS, f"{DRY_NS}-b", "--ignore-not-found", "--wait=false", check=False)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS, ids=list(VALUE_SETS))
@@ -48,20 +50,26 @@ def test_kubectl_apply_k_deploy_with_server_dry_run(cluster):
     # The kustomization creates inferscale-system; a dry run persists nothing, so the namespace
     # must exist for the namespaced objects to be checked.
     k("apply", "-f", str(ROOT / "deploy/operator/namespace.yaml"))
-    for mode in ([], ["--server-side"]):
+    # The e2e release (test_e2e.py) already owns the cluster-scoped inferscale-edit/-view through
+    # Helm; server-side apply would report that as a field-manager conflict, which says nothing
+    # about these manifests (a cluster has one or the other), so it is forced in this dry run.
+    for mode in ([], ["--server-side", "--force-conflicts"]):
         done = k("apply", "-k", str(ROOT / "deploy"), "--dry-run=server", *mode, check=False)
         assert done.returncode == 0, done.stderr
         out = done.stdout
         for obj in ("customresourcedefinition.apiextensions.k8s.io/scalingendpoints.inferscale.dev",
-                    "clusterrole.rbac.authorization.k8s.io/inferscale", "deployment.apps/inferscale",
+                    "role.rbac.authorization.k8s.io/inferscale", "clusterrole.rbac.authorization.k8s.io/inferscale-edit",
+                    "clusterrole.rbac.authorization.k8s.io/inferscale-view", "deployment.apps/inferscale",
                     "serviceaccount/inferscale", "service/inferscale-metrics"):
             assert obj in out, out
         assert "violate PodSecurity" not in done.stderr, done.stderr
     # Nothing from deploy/examples or deploy/demo is part of it.
     built = k("kustomize", str(ROOT / "deploy")).stdout
     top_kinds = {line for line in built.splitlines() if line.startswith("kind: ")}
+    # Namespaced RBAC: the only cluster-scoped roles are the aggregated inferscale-edit/-view, and
+    # nothing is bound cluster-wide.
     assert top_kinds == {"kind: CustomResourceDefinition", "kind: Namespace", "kind: ServiceAccount", "kind: ClusterRole",
-                         "kind: ClusterRoleBinding", "kind: Role", "kind: RoleBinding", "kind: Service", "kind: Deployment"}, top_kinds
+                         "kind: Role", "kind: RoleBinding", "kind: Service", "kind: Deployment"}, top_kinds
 
 
 def test_dev_and_kind_manifests_with_server_dry_run(dry_ns):

@@ -71,7 +71,8 @@ for ns in "$NS_SYS" "$NS"; do
   kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >&2
   kubectl label --overwrite namespace "$ns" pod-security.kubernetes.io/enforce=restricted >&2
 done
-helm upgrade --install inferscale charts/inferscale --namespace "$NS_SYS" \
+# The operator watches its own namespace plus the example's (the chart's namespaced default).
+helm upgrade --install inferscale charts/inferscale --namespace "$NS_SYS" --set "watchNamespaces={$NS}" \
   --set image.tag="$TAG" --set image.pullPolicy=Never --set workerImage.tag="$TAG" \
   --wait --timeout "${T}s" >&2
 

@@ -55,6 +55,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/*
+The namespaces the operator watches, comma-separated: the release namespace first, then
+watchNamespaces (without repeating it). Empty with watchAllNamespaces.
+*/}}
+{{- define "inferscale.watchedNamespaces" -}}
+{{- if .Values.watchAllNamespaces }}
+{{- if .Values.watchNamespaces }}
+{{- fail "watchAllNamespaces: true watches every namespace: leave watchNamespaces empty" }}
+{{- end }}
+{{- else }}
+{{- prepend .Values.watchNamespaces .Release.Namespace | uniq | join "," }}
+{{- end }}
+{{- end }}
+
 {{- define "inferscale.leaseNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.namespace }}
 {{- end }}
@@ -94,9 +108,23 @@ docs/operator.md "RBAC" and operator/src/{controller,apply,dereference}.rs.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch, delete]
-# Secrets are only read: get of the referenced ones, list/watch as metadata only.
+# Secrets are read: get of the referenced ones, list/watch as metadata only (a rotated Secret
+# re-reconciles its endpoints).
 - apiGroups: [""]
   resources: [secrets]
+  verbs: [get, list, watch]
+# ...and created, for one purpose: the API key the operator generates for a ScalingEndpoint's vLLM
+# server (a Secret it owns, mounted by that endpoint's vLLM and worker pods only). Kubernetes
+# cannot narrow create by name; the operator never updates, patches or deletes a Secret (the
+# generated one goes with its ScalingEndpoint by garbage collection).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+# Pods of the workers and vLLM servers are read, never written: their waiting reasons
+# (CrashLoopBackOff, ImagePullBackOff, Unschedulable) become the WorkersAvailable and
+# ModelServerAvailable conditions.
+- apiGroups: [""]
+  resources: [pods]
   verbs: [get, list, watch]
 - apiGroups: [events.k8s.io]
   resources: [events]
