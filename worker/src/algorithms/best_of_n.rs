@@ -3,48 +3,38 @@
 //! `inferscale_judge_fallbacks_total` and reported in the metadata, never a made-up score.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use super::vote::{self, Vote, canonical_args};
-use super::{Detail, Outcome, insert_vote};
+use super::vote::{self, Vote, VoteSettings, canonical_args};
+use crate::config::JudgeMode;
+use crate::judge::{Judge, JudgeFailure};
 use crate::metrics::Metrics;
-use crate::providers::Candidate;
-use crate::runtime::Runtime;
+use crate::providers::{Candidate, Usage};
 
-/// What the judging step did, for the metadata.
+/// What the judging step did.
+#[derive(Debug, Clone, PartialEq)]
 pub struct JudgeDetail {
     /// Score of every candidate (that of its distinct answer), `None` where the judge failed.
     pub scores: Vec<Option<f64>>,
     pub distinct: usize,
-    pub mode: &'static str,
+    pub mode: JudgeMode,
     pub criterion: String,
     pub calls: u32,
     pub failures: u32,
-    pub error: Option<String>,
+    /// The judge's first failure.
+    pub error: Option<JudgeFailure>,
     /// Set when the judge gave nothing usable and the vote decided instead.
     pub fallback: Option<Vote>,
 }
 
-impl JudgeDetail {
-    pub(crate) fn insert_metadata(&self, m: &mut Map<String, Value>) {
-        m.insert("scores".into(), json!(self.scores));
-        let mut judge = Map::new();
-        judge.insert("mode".into(), json!(self.mode));
-        judge.insert("criterion".into(), json!(self.criterion));
-        judge.insert("distinct_candidates".into(), json!(self.distinct));
-        judge.insert("calls".into(), json!(self.calls));
-        judge.insert("failures".into(), json!(self.failures));
-        judge.insert("error".into(), json!(self.error));
-        judge.insert(
-            "fallback".into(),
-            json!(self.fallback.as_ref().map(|_| "self-consistency")),
-        );
-        m.insert("judge".into(), Value::Object(judge));
-        if let Some(v) = &self.fallback {
-            insert_vote(m, v);
-        }
-    }
+/// The judged selection, with what judging cost.
+pub struct Judged {
+    pub selected: usize,
+    pub detail: JudgeDetail,
+    pub usage: Usage,
+    pub elapsed: Duration,
 }
 
 /// Identity of a candidate for de-duplication: its trimmed text and its exact tool calls.
@@ -90,65 +80,65 @@ pub fn best(scores: &[Option<f64>]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-pub(super) async fn select(
-    rt: &Runtime,
-    outcome: &mut Outcome,
+/// Judges the distinct candidates and picks the best; when no score is usable, the vote decides.
+pub async fn select(
+    judge: &Judge,
+    vote_settings: &VoteSettings,
+    candidates: &[Candidate],
     context: &[Value],
     metrics: &Metrics,
-) {
-    let Some(judge) = &rt.judge else {
-        return;
+) -> Judged {
+    let (firsts, of) = distinct(candidates);
+    let mut judged = Judged {
+        selected: 0,
+        detail: JudgeDetail {
+            scores: vec![Some(1.0); candidates.len()],
+            distinct: firsts.len(),
+            mode: judge.mode,
+            criterion: judge.criterion.clone(),
+            calls: 0,
+            failures: 0,
+            error: None,
+            fallback: None,
+        },
+        usage: Usage::default(),
+        elapsed: Duration::ZERO,
     };
-    let (firsts, of) = distinct(&outcome.candidates);
-    let mut detail = JudgeDetail {
-        scores: vec![Some(1.0); outcome.candidates.len()],
-        distinct: firsts.len(),
-        mode: judge.mode_str(),
-        criterion: judge.criterion.clone(),
-        calls: 0,
-        failures: 0,
-        error: None,
-        fallback: None,
-    };
+    // A single distinct answer needs no judge: it wins whatever the score.
     if firsts.len() > 1 {
-        let unique: Vec<&Candidate> = firsts.iter().map(|&i| &outcome.candidates[i]).collect();
+        let unique: Vec<&Candidate> = firsts.iter().map(|&i| &candidates[i]).collect();
         let j = judge.judge(context, &unique, metrics).await;
-        outcome.usage.add(j.usage);
-        outcome.upstream_time += j.elapsed;
-        detail.scores = of.iter().map(|&d| j.scores[d]).collect();
-        detail.calls = j.calls;
-        detail.failures = j.failures;
-        detail.error = j.error;
+        judged.usage = j.usage;
+        judged.elapsed = j.elapsed;
+        judged.detail.scores = of.iter().map(|&d| j.scores[d]).collect();
+        judged.detail.calls = j.calls;
+        judged.detail.failures = j.failures;
+        judged.detail.error = j.error;
     }
-    match best(&detail.scores) {
-        Some(i) => outcome.selected = i,
+    match best(&judged.detail.scores) {
+        Some(i) => judged.selected = i,
         None => {
-            let reason = if detail
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("unparseable"))
-            {
-                "unparseable"
-            } else {
-                "error"
-            };
+            let error = judged.detail.error.as_ref();
+            // Without a recorded failure there is nothing to blame but an error.
+            let reason = error.map_or("error", |e| e.kind.label());
             metrics.judge_fallbacks.with_label_values(&[reason]).inc();
             tracing::warn!(
-                error = detail.error.as_deref().unwrap_or(""),
+                error = error.map_or("", |e| e.message.as_str()),
                 "judge gave no usable score; using the self-consistency winner"
             );
-            if let Ok(v) = vote::vote(&outcome.candidates, &rt.vote) {
-                outcome.selected = v.selected;
-                detail.fallback = Some(v);
+            if let Ok(v) = vote::vote(candidates, vote_settings) {
+                judged.selected = v.selected;
+                judged.detail.fallback = Some(v);
             }
         }
     }
-    outcome.detail = Detail::Judge(detail);
+    judged
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn text(t: &str) -> Candidate {
         Candidate::from_message(json!({"role":"assistant","content":t}), None, None)
