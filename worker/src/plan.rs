@@ -165,7 +165,9 @@ mod tests {
     #[test]
     fn budget_comes_from_the_header_then_the_body_then_the_default() {
         let over = |budget| Err(BudgetError::OverMax { budget, max: 16 });
-        let cases: [(Option<u32>, Option<u32>, Result<u32, BudgetError>); 8] = [
+        // (header, body) -> budget
+        type Case = (Option<u32>, Option<u32>, Result<u32, BudgetError>);
+        let cases: [Case; 8] = [
             (None, None, Ok(4)),
             (None, Some(6), Ok(6)),
             (Some(2), None, Ok(2)),
