@@ -275,6 +275,21 @@ def test_streaming_text_with_usage(worker, mock):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_streamed_response_reports_the_budget_it_spent(worker, mock):
+    worker.configure(sc_config(mock, budget=4))
+    status, headers, body = worker.chat({"model": "m", "messages": QUESTION, "budget": 3, "stream": True})
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    assert body.rstrip().endswith("data: [DONE]")
+    assert headers["x-its-budget"] == "3" and mock.stats()["requests"] == 3
+    mock.reset()
+    # The header wins over the body, as for a JSON response; without either, the default.
+    _, headers, _ = worker.chat({"model": "m", "messages": QUESTION, "budget": 3, "stream": True},
+                                headers={"X-ITS-Budget": "2"})
+    assert headers["x-its-budget"] == "2" and mock.stats()["requests"] == 2
+    _, headers, _ = worker.chat({"model": "m", "messages": QUESTION, "stream": True})
+    assert headers["x-its-budget"] == "4"
+
+
 def test_streaming_tool_calls_through_the_stream_helper(worker, mock):
     mock.scenario({"answers": [call("calculator", expression="847*293+156")]})
     worker.configure(sc_config(mock, tool_vote="tool_hierarchical"))
