@@ -427,6 +427,19 @@ def test_hanging_upstream_hits_the_deadline(worker, mock):
     assert mock.wait(cancelled=3)["cancelled"] == 3
 
 
+def test_request_deadline_bounds_the_judging_too(worker, mock):
+    mock.scenario({"answers": JUDGE_ANSWERS, "faults": [{"applies_to": "judge", "rate": 1.0, "hang": True}]})
+    worker.configure(bon_config(mock, judge_mode="pointwise", upstream={"request_timeout_secs": 1.0}))
+    start = time.monotonic()
+    status, _, err = error_of(worker.chat({"model": "m", "messages": QUESTION, "budget": 4}))
+    assert status == 504 and err["code"] == "upstream_timeout" and "request_timeout_secs" in err["message"]
+    # Far below the judge call's own timeout (120 s): the deadline covers the candidates and the judge.
+    assert time.monotonic() - start < 10
+    # The candidates answered; both hanging judge calls were closed, not left behind.
+    assert mock.wait(cancelled=2)["cancelled"] == 2
+    assert mock.stats()["judge_requests"] == 2
+
+
 def test_partial_failures_still_answer_and_are_reported(worker, mock):
     mock.scenario({"answers": [{"content": "ok"}], "faults": [{"every": 2, "status": 500}]})
     worker.configure(sc_config(mock, upstream={"max_retries": 0}))
