@@ -137,8 +137,15 @@ pub async fn select(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
+
     use serde_json::json;
+
+    use super::*;
+    use crate::judge::JudgeFailureKind;
+    use crate::providers::{
+        BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, UpstreamError,
+    };
 
     fn text(t: &str) -> Candidate {
         Candidate::from_message(json!({"role":"assistant","content":t}), None, None)
@@ -163,6 +170,144 @@ mod tests {
         let (firsts, of) = distinct(&c);
         assert_eq!(firsts, vec![0, 2, 3]);
         assert_eq!(of, vec![0, 0, 1, 2, 2]);
+    }
+
+    /// A judge upstream that answers from the judge prompt it receives, without I/O.
+    struct FakeJudge(fn(&str) -> Result<String, UpstreamError>);
+
+    impl ChatProvider for FakeJudge {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn model(&self) -> &str {
+            "judge"
+        }
+        fn prepare(
+            &self,
+            body: serde_json::Map<String, Value>,
+        ) -> Result<PreparedCall, ProviderError> {
+            PreparedCall::json(&body)
+        }
+        fn send<'a>(
+            &'a self,
+            call: &'a PreparedCall,
+        ) -> BoxFuture<'a, Result<Completion, UpstreamError>> {
+            let reply = (self.0)(&String::from_utf8_lossy(&call.body));
+            Box::pin(async move {
+                Ok(Completion {
+                    candidates: vec![text(&reply?)],
+                    usage: Usage {
+                        prompt_tokens: 10,
+                        completion_tokens: 1,
+                    },
+                    system_fingerprint: None,
+                })
+            })
+        }
+    }
+
+    fn judge(reply: fn(&str) -> Result<String, UpstreamError>, metrics: &Metrics) -> Judge {
+        let provider: crate::providers::SharedProvider = Arc::new(FakeJudge(reply));
+        Judge {
+            metrics: Arc::new(metrics.upstream("test", "judge", "judge")),
+            provider,
+            mode: JudgeMode::Pointwise,
+            criterion: "overall_quality".into(),
+            temperature: 0.0,
+            max_tokens: 64,
+            top_n: 1,
+        }
+    }
+
+    /// Three say 41, one says 42: the vote picks candidate 0, a judge preferring 42 picks 1.
+    fn candidates() -> Vec<Candidate> {
+        vec![text("41"), text("42"), text("41"), text("41")]
+    }
+
+    async fn select_with(reply: fn(&str) -> Result<String, UpstreamError>) -> (Judged, Metrics) {
+        let metrics = Metrics::new();
+        let judge = judge(reply, &metrics);
+        let judged = select(
+            &judge,
+            &VoteSettings::default(),
+            &candidates(),
+            &[],
+            &metrics,
+        )
+        .await;
+        (judged, metrics)
+    }
+
+    fn fallbacks(metrics: &Metrics, reason: &str) -> u64 {
+        metrics.judge_fallbacks.with_label_values(&[reason]).get()
+    }
+
+    #[tokio::test]
+    async fn the_best_score_wins_over_the_majority() {
+        let (judged, metrics) = select_with(|prompt| {
+            let score = if prompt.contains("42") { 9 } else { 3 };
+            Ok(format!("{{\"reasoning\": \"-\", \"score\": {score}}}"))
+        })
+        .await;
+        assert_eq!(judged.selected, 1);
+        assert_eq!(
+            judged.detail.scores,
+            [Some(3.0), Some(9.0), Some(3.0), Some(3.0)]
+        );
+        // Two distinct answers, two judge calls; their usage is the request's too.
+        assert_eq!((judged.detail.distinct, judged.detail.calls), (2, 2));
+        assert_eq!(judged.usage.prompt_tokens, 20);
+        assert!(judged.detail.error.is_none() && judged.detail.fallback.is_none());
+        assert_eq!(
+            fallbacks(&metrics, "unparseable") + fallbacks(&metrics, "error"),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_judge_falls_back_to_the_vote_as_unparseable() {
+        let (judged, metrics) = select_with(|_| Ok("They are both fine.".into())).await;
+        assert_eq!(judged.selected, 0);
+        let error = judged
+            .detail
+            .error
+            .expect("the judge's failure is reported");
+        assert_eq!(error.kind, JudgeFailureKind::Unparseable);
+        assert!(error.message.starts_with("unparseable judge reply"));
+        assert_eq!(judged.detail.fallback.map(|v| v.selected), Some(0));
+        assert_eq!(
+            (
+                fallbacks(&metrics, "unparseable"),
+                fallbacks(&metrics, "error")
+            ),
+            (1, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_judge_falls_back_to_the_vote_as_an_error() {
+        let (judged, metrics) = select_with(|_| {
+            Err(UpstreamError::Status {
+                status: 500,
+                // A message that merely looks like a parse failure must not change the kind.
+                message: "unparseable upstream state".into(),
+                retry_after: None,
+            })
+        })
+        .await;
+        assert_eq!(judged.selected, 0);
+        assert_eq!(
+            judged.detail.error.map(|e| e.kind),
+            Some(JudgeFailureKind::CallFailed)
+        );
+        assert_eq!(judged.detail.failures, 2);
+        assert_eq!(
+            (
+                fallbacks(&metrics, "unparseable"),
+                fallbacks(&metrics, "error")
+            ),
+            (0, 1)
+        );
     }
 
     #[test]
