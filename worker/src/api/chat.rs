@@ -107,8 +107,7 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
         default: rt.default_budget,
         max: rt.max_budget,
     };
-    let budget = plan::resolve_budget(header_budget, req.budget, policy)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("budget".to_owned())))?;
+    let budget = plan::resolve_budget(header_budget, req.budget, policy)?;
     let settings = PlanSettings {
         algorithm: rt.algorithm,
         provider: rt.provider.as_ref(),

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::algorithms::AlgorithmError;
+use crate::plan::BudgetError;
 use crate::providers::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +165,12 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        ApiError::bad_request(e.to_string(), Some("budget".to_owned()))
     }
 }
 
