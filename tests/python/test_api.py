@@ -275,6 +275,21 @@ def test_streaming_text_with_usage(worker, mock):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_streamed_response_reports_the_budget_it_spent(worker, mock):
+    worker.configure(sc_config(mock, budget=4))
+    status, headers, body = worker.chat({"model": "m", "messages": QUESTION, "budget": 3, "stream": True})
+    assert status == 200 and headers["content-type"] == "text/event-stream"
+    assert body.rstrip().endswith("data: [DONE]")
+    assert headers["x-its-budget"] == "3" and mock.stats()["requests"] == 3
+    mock.reset()
+    # The header wins over the body, as for a JSON response; without either, the default.
+    _, headers, _ = worker.chat({"model": "m", "messages": QUESTION, "budget": 3, "stream": True},
+                                headers={"X-ITS-Budget": "2"})
+    assert headers["x-its-budget"] == "2" and mock.stats()["requests"] == 2
+    _, headers, _ = worker.chat({"model": "m", "messages": QUESTION, "stream": True})
+    assert headers["x-its-budget"] == "4"
+
+
 def test_streaming_tool_calls_through_the_stream_helper(worker, mock):
     mock.scenario({"answers": [call("calculator", expression="847*293+156")]})
     worker.configure(sc_config(mock, tool_vote="tool_hierarchical"))
@@ -410,6 +425,19 @@ def test_hanging_upstream_hits_the_deadline(worker, mock):
     assert time.monotonic() - start < 10
     # The abandoned calls were closed, not left hanging upstream.
     assert mock.wait(cancelled=3)["cancelled"] == 3
+
+
+def test_request_deadline_bounds_the_judging_too(worker, mock):
+    mock.scenario({"answers": JUDGE_ANSWERS, "faults": [{"applies_to": "judge", "rate": 1.0, "hang": True}]})
+    worker.configure(bon_config(mock, judge_mode="pointwise", upstream={"request_timeout_secs": 1.0}))
+    start = time.monotonic()
+    status, _, err = error_of(worker.chat({"model": "m", "messages": QUESTION, "budget": 4}))
+    assert status == 504 and err["code"] == "upstream_timeout" and "request_timeout_secs" in err["message"]
+    # Far below the judge call's own timeout (120 s): the deadline covers the candidates and the judge.
+    assert time.monotonic() - start < 10
+    # The candidates answered; both hanging judge calls were closed, not left behind.
+    assert mock.wait(cancelled=2)["cancelled"] == 2
+    assert mock.stats()["judge_requests"] == 2
 
 
 def test_partial_failures_still_answer_and_are_reported(worker, mock):

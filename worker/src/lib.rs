@@ -1,8 +1,10 @@
 //! inferscale worker: an OpenAI-compatible endpoint that spends a budget of N upstream calls per
 //! request and returns the best answer (self-consistency voting or best-of-n with an LLM judge).
 //!
-//! Layout: [`api`] (thin HTTP handlers) → [`algorithms`] (fan-out, vote, best-of-n) →
-//! [`judge`] and [`providers`] (one module per upstream family behind one trait). [`config`] is
+//! Layout, each layer importing only those below it: [`server`] → [`api`] (thin HTTP handlers)
+//! → [`plan`] (budget and call planning) and [`runtime`] (a configuration made ready) →
+//! [`algorithms`] (vote, best-of-n) → [`judge`] → [`fanout`] (concurrent upstream calls) →
+//! [`providers`] (one module per upstream family behind one trait) → [`config`]. [`config`] is
 //! the configuration type shared with the operator; without the default `server` feature only
 //! it is built.
 
@@ -13,9 +15,13 @@ pub mod algorithms;
 #[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
+pub mod fanout;
+#[cfg(feature = "server")]
 pub mod judge;
 #[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
+pub mod plan;
 #[cfg(feature = "server")]
 pub mod providers;
 #[cfg(feature = "server")]

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Semaphore;
 
+use crate::algorithms::AlgorithmInputs;
 use crate::algorithms::vote::VoteSettings;
 use crate::config::{
     AlgorithmName, ConfigError, JudgeMode, LiveSecret, ProviderKind, SecretValue, UpstreamSettings,
@@ -141,6 +142,18 @@ impl Runtime {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         })
+    }
+
+    /// The pieces of this configuration an algorithm runs with.
+    pub fn algorithm_inputs(&self) -> AlgorithmInputs<'_> {
+        AlgorithmInputs {
+            algorithm: self.algorithm,
+            provider: &self.provider,
+            candidate_metrics: &self.candidate_metrics,
+            vote: &self.vote,
+            judge: self.judge.as_ref(),
+            min_successful: self.min_successful,
+        }
     }
 
     /// Whether a request's `model` names this configuration: the configured string, or the same

@@ -1,26 +1,45 @@
 //! The algorithms that spend a request's budget and pick the answer.
 //!
-//! Every algorithm works in the same three steps: generate candidates ([`fanout`]), score them
-//! (a vote, or a judge), select. Adaptive variants that stop early fit the same shape: they
-//! consume the fan-out's results as they arrive and drop the rest, which cancels them.
+//! Every algorithm works in the same three steps: generate candidates ([`crate::fanout`]), score
+//! them (a vote, or a judge), select. Adaptive variants that stop early fit the same shape: they
+//! consume the fan-out's results as they arrive ([`crate::fanout::InFlight`]) and drop the rest,
+//! which cancels them.
+//!
+//! The algorithms know nothing of HTTP or of the response format: they return a typed
+//! [`Outcome`], and the API layer renders it.
 
 pub mod adaptive;
 pub mod best_of_n;
 pub mod early;
-pub mod fanout;
 pub mod vote;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::config::AlgorithmName;
-use crate::metrics::Metrics;
-use crate::providers::{Candidate, PreparedCall, UpstreamError, Usage};
-use crate::runtime::Runtime;
+use crate::fanout;
+use crate::judge::Judge;
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::providers::{Candidate, PreparedCall, SharedProvider, UpstreamError, Usage};
 use best_of_n::JudgeDetail;
-use vote::Vote;
+use vote::{Vote, VoteSettings};
+
+/// What an algorithm takes from the configuration, borrowed from it so that a request keeps the
+/// configuration it started with.
+pub struct AlgorithmInputs<'a> {
+    pub algorithm: AlgorithmName,
+    /// Where the candidates come from.
+    pub provider: &'a SharedProvider,
+    pub candidate_metrics: &'a Arc<UpstreamMetrics>,
+    /// How candidates are compared (self-consistency, and best-of-n's fallback).
+    pub vote: &'a VoteSettings,
+    /// The judge of best-of-n. Without one, the vote decides.
+    pub judge: Option<&'a Judge>,
+    /// Fewest successful candidates needed to answer.
+    pub min_successful: usize,
+}
 
 /// The result of a request's algorithm.
 pub struct Outcome {
@@ -62,130 +81,123 @@ impl Outcome {
     pub fn winner(&self) -> &Candidate {
         &self.candidates[self.selected]
     }
-
-    /// The `metadata` object of the response (only built when the client asks for it).
-    pub fn metadata(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("algorithm".into(), json!(self.algorithm.as_str()));
-        m.insert(
-            "all_responses".into(),
-            Value::Array(self.candidates.iter().map(|c| c.message.clone()).collect()),
-        );
-        m.insert("selected_index".into(), json!(self.selected));
-        match &self.detail {
-            Detail::Vote(v) => insert_vote(&mut m, v),
-            Detail::Judge(j) => j.insert_metadata(&mut m),
-        }
-        m.insert("failed_candidates".into(), json!(self.failed_candidates));
-        if !self.failures.is_empty() {
-            m.insert("candidate_errors".into(), json!(self.failures));
-        }
-        Value::Object(m)
-    }
 }
 
-pub(crate) fn insert_vote(m: &mut Map<String, Value>, v: &Vote) {
-    let counts: Map<String, Value> = v
-        .counts
-        .iter()
-        .map(|(k, n)| (k.clone(), json!(n)))
-        .collect();
-    m.insert("response_counts".into(), Value::Object(counts));
-    if let Some(names) = &v.name_counts {
-        let names: Map<String, Value> = names.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
-        m.insert("tool_name_counts".into(), Value::Object(names));
-    }
-    m.insert("vote_space".into(), json!(v.space.as_str()));
-    m.insert("agreement".into(), json!(v.agreement()));
+/// The candidates of a fan-out, with what it cost.
+struct Generated {
+    candidates: Vec<Candidate>,
+    errors: Vec<UpstreamError>,
+    usage: Usage,
+    slowest: Duration,
+    system_fingerprint: Option<String>,
 }
 
-/// Runs the configured algorithm for one request.
+/// Runs the configured algorithm for one request: `calls` spend `budget` candidates; `context`
+/// is the conversation the judge sees (best-of-n only).
 pub async fn run(
-    rt: &Runtime,
+    inputs: &AlgorithmInputs<'_>,
     calls: &[Arc<PreparedCall>],
     budget: u32,
     context: &[Value],
     metrics: &Metrics,
 ) -> Result<Outcome, AlgorithmError> {
-    let alg = rt.algorithm.as_str();
-    let results = fanout::run_calls(&rt.provider, calls, &rt.candidate_metrics).await;
+    let alg = inputs.algorithm.as_str();
+    let generated = generate(inputs, calls).await;
+    record_candidates(metrics, alg, budget, &generated);
 
-    let mut candidates = Vec::with_capacity(results.len());
-    let mut errors = Vec::new();
-    let mut usage = Usage::default();
-    let mut slowest = Duration::ZERO;
-    let mut system_fingerprint = None;
-    for r in results {
-        slowest = slowest.max(r.elapsed);
-        match r.result {
-            Ok(c) => {
-                usage.add(c.usage);
-                system_fingerprint = system_fingerprint.or(c.system_fingerprint);
-                candidates.extend(c.candidates);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    metrics
-        .candidates
-        .with_label_values(&[alg, "ok"])
-        .inc_by(candidates.len() as u64);
-    metrics
-        .candidates
-        .with_label_values(&[alg, "error"])
-        .inc_by((budget as usize).saturating_sub(candidates.len()) as u64);
-    metrics
-        .tokens
-        .with_label_values(&["prompt", "candidate"])
-        .inc_by(usage.prompt_tokens);
-    metrics
-        .tokens
-        .with_label_values(&["completion", "candidate"])
-        .inc_by(usage.completion_tokens);
-
-    let needed = rt.min_successful.min(budget as usize).max(1);
-    if candidates.len() < needed {
-        return Err(AlgorithmError::Upstream {
-            succeeded: candidates.len(),
-            attempted: budget as usize,
-            needed,
-            errors,
-        });
-    }
-    let candidates_len = candidates.len();
-    let failures: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    let mut outcome = Outcome {
-        algorithm: rt.algorithm,
+    let Generated {
         candidates,
-        selected: 0,
-        usage,
-        upstream_time: slowest,
-        failures,
-        failed_candidates: (budget as usize).saturating_sub(candidates_len),
+        errors,
+        mut usage,
+        slowest,
         system_fingerprint,
-        detail: Detail::Vote(Vote {
-            selected: 0,
-            counts: Vec::new(),
-            name_counts: None,
-            eligible: 0,
-            winner_votes: 0,
-            space: vote::VoteSpace::TextExact,
-            tied: false,
-        }),
+    } = generated;
+    let attempted = budget as usize;
+    let needed = inputs.min_successful.min(attempted).max(1);
+    let shortfall = |errors, succeeded| AlgorithmError::Upstream {
+        errors,
+        succeeded,
+        attempted,
+        needed,
     };
-    match rt.algorithm {
-        AlgorithmName::SelfConsistency => {
-            // Cannot fail: there is at least one candidate.
-            if let Ok(v) = vote::vote(&outcome.candidates, &rt.vote) {
+    if candidates.len() < needed {
+        return Err(shortfall(errors, candidates.len()));
+    }
+    let mut upstream_time = slowest;
+    let (selected, detail) = match (inputs.algorithm, inputs.judge) {
+        (AlgorithmName::BestOfN, Some(judge)) => {
+            let judged = best_of_n::select(judge, inputs.vote, &candidates, context, metrics).await;
+            usage.add(judged.usage);
+            upstream_time += judged.elapsed;
+            (judged.selected, Detail::Judge(judged.detail))
+        }
+        _ => match vote::vote(&candidates, inputs.vote) {
+            Ok(v) => {
                 metrics
                     .vote_agreement
                     .with_label_values(&[alg, v.space.as_str()])
                     .observe(v.agreement());
-                outcome.selected = v.selected;
-                outcome.detail = Detail::Vote(v);
+                (v.selected, Detail::Vote(v))
             }
+            // Only with no candidate at all, which `needed` (at least 1) has ruled out.
+            Err(vote::VoteError::NoCandidates) => return Err(shortfall(errors, 0)),
+        },
+    };
+    let failed_candidates = attempted.saturating_sub(candidates.len());
+    Ok(Outcome {
+        algorithm: inputs.algorithm,
+        candidates,
+        selected,
+        usage,
+        upstream_time,
+        failures: errors.iter().map(ToString::to_string).collect(),
+        failed_candidates,
+        system_fingerprint,
+        detail,
+    })
+}
+
+/// Sends every call and gathers the candidates in call order.
+async fn generate(inputs: &AlgorithmInputs<'_>, calls: &[Arc<PreparedCall>]) -> Generated {
+    let results = fanout::run_calls(inputs.provider, calls, inputs.candidate_metrics).await;
+    let mut generated = Generated {
+        candidates: Vec::with_capacity(results.len()),
+        errors: Vec::new(),
+        usage: Usage::default(),
+        slowest: Duration::ZERO,
+        system_fingerprint: None,
+    };
+    for r in results {
+        generated.slowest = generated.slowest.max(r.elapsed);
+        match r.result {
+            Ok(c) => {
+                generated.usage.add(c.usage);
+                generated.system_fingerprint =
+                    generated.system_fingerprint.or(c.system_fingerprint);
+                generated.candidates.extend(c.candidates);
+            }
+            Err(e) => generated.errors.push(e),
         }
-        AlgorithmName::BestOfN => best_of_n::select(rt, &mut outcome, context, metrics).await,
     }
-    Ok(outcome)
+    generated
+}
+
+fn record_candidates(metrics: &Metrics, alg: &str, budget: u32, generated: &Generated) {
+    let ok = generated.candidates.len();
+    metrics
+        .candidates
+        .with_label_values(&[alg, "ok"])
+        .inc_by(ok as u64);
+    metrics
+        .candidates
+        .with_label_values(&[alg, "error"])
+        .inc_by((budget as usize).saturating_sub(ok) as u64);
+    metrics
+        .tokens
+        .with_label_values(&["prompt", "candidate"])
+        .inc_by(generated.usage.prompt_tokens);
+    metrics
+        .tokens
+        .with_label_values(&["completion", "candidate"])
+        .inc_by(generated.usage.completion_tokens);
 }

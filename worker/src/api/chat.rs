@@ -11,20 +11,20 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::AppState;
 use super::error::ApiError;
+use super::metadata::Metadata;
 use super::request::{ChatRequest, parse_budget_header, parse_chat};
 use super::response::{
     ChatCompletion, Choice, StreamHead, error_frames, finish_reason, keep_alive, normalise_message,
 };
 use crate::algorithms::{self, Outcome};
-use crate::config::AlgorithmName;
 use crate::metrics::Metrics;
-use crate::providers::{PreparedCall, ProviderError};
+use crate::plan::{self, BudgetPolicy, Plan, PlanSettings};
 use crate::runtime::Runtime;
 
 /// How often a waiting stream sends an SSE comment.
@@ -35,10 +35,7 @@ struct Job {
     rt: Arc<Runtime>,
     req: ChatRequest,
     budget: u32,
-    /// The upstream calls that spend the budget, each prepared once.
-    calls: Vec<Arc<PreparedCall>>,
-    /// The conversation, for the judge (best-of-n only).
-    context: Vec<Value>,
+    plan: Plan,
 }
 
 pub async fn chat_completions(
@@ -102,80 +99,45 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
             available: rt.model.clone(),
         });
     }
-    let budget = match headers.get("x-its-budget") {
-        Some(h) => parse_budget_header(h.as_bytes())?,
-        None => req.budget.unwrap_or(rt.default_budget),
+    let header_budget = headers
+        .get("x-its-budget")
+        .map(|h| parse_budget_header(h.as_bytes()))
+        .transpose()?;
+    let policy = BudgetPolicy {
+        default: rt.default_budget,
+        max: rt.max_budget,
     };
-    if budget > rt.max_budget {
-        return Err(ApiError::bad_request(
-            format!(
-                "budget {budget} exceeds this endpoint's max_budget of {}",
-                rt.max_budget
-            ),
-            Some("budget".to_owned()),
-        ));
-    }
-    if let Some(t) = rt.default_temperature {
-        req.forward.entry("temperature").or_insert(Value::from(t));
-    }
-    let context = match rt.algorithm {
-        AlgorithmName::BestOfN if budget > 1 => req
-            .forward
-            .get("messages")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
-        _ => Vec::new(),
+    let budget = plan::resolve_budget(header_budget, req.budget, policy)?;
+    let settings = PlanSettings {
+        algorithm: rt.algorithm,
+        provider: rt.provider.as_ref(),
+        default_temperature: rt.default_temperature,
+        candidates_per_call: rt.candidates_per_call,
     };
-    let calls = plan_calls(&rt, std::mem::take(&mut req.forward), budget)
+    let plan = plan::plan(std::mem::take(&mut req.forward), budget, &settings)
         .map_err(|e| ApiError::bad_request(e.to_string(), None))?;
     Ok(Job {
         rt,
         req,
         budget,
-        calls,
-        context,
+        plan,
     })
 }
 
-/// The upstream calls that spend `budget`: one per candidate, or — when the upstream takes `n` and
-/// `upstream.candidates_per_call` allows — groups of candidates per call. Each distinct body is
-/// serialised once; calls with the same body share its bytes.
-fn plan_calls(
-    rt: &Runtime,
-    mut forward: Map<String, Value>,
-    budget: u32,
-) -> Result<Vec<Arc<PreparedCall>>, ProviderError> {
-    let per_call = if rt.provider.supports_n() {
-        rt.candidates_per_call.clamp(1, budget)
-    } else {
-        1
-    };
-    if per_call == 1 {
-        let call = Arc::new(rt.provider.prepare(forward)?);
-        return Ok(vec![call; budget as usize]);
-    }
-    let (full, rest) = (budget / per_call, budget % per_call);
-    let mut calls = Vec::with_capacity(full as usize + 1);
-    if rest > 0 {
-        let mut last = forward.clone();
-        last.insert("n".to_owned(), Value::from(rest));
-        calls.push(Arc::new(rt.provider.prepare(last)?));
-    }
-    forward.insert("n".to_owned(), Value::from(per_call));
-    let grouped = Arc::new(rt.provider.prepare(forward)?);
-    calls.splice(0..0, std::iter::repeat_n(grouped, full as usize));
-    Ok(calls)
-}
-
+/// Runs the algorithm under the request deadline (`upstream.request_timeout_secs`), which bounds
+/// the whole fan-out and the judging; when it passes, the algorithm's future is dropped, which
+/// aborts every upstream call still in flight.
 async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     let deadline = job.rt.request_timeout;
-    match tokio::time::timeout(
-        deadline,
-        algorithms::run(&job.rt, &job.calls, job.budget, &job.context, metrics),
-    )
-    .await
-    {
+    let inputs = job.rt.algorithm_inputs();
+    let work = algorithms::run(
+        &inputs,
+        &job.plan.calls,
+        job.budget,
+        &job.plan.context,
+        metrics,
+    );
+    match tokio::time::timeout(deadline, work).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(ApiError::UpstreamTimeout(format!(
             "no answer within the request deadline of {}s (upstream.request_timeout_secs)",
@@ -185,7 +147,7 @@ async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
 }
 
 fn completion(job: &Job, mut outcome: Outcome) -> Response {
-    let metadata = (!job.req.return_response_only).then(|| outcome.metadata());
+    let metadata = (!job.req.return_response_only).then(|| Metadata::from_outcome(&outcome));
     let (message, finish, logprobs) = take_winner(&mut outcome);
     let id = format!("chatcmpl-its-{}", crate::rand::hex(24));
     let body = ChatCompletion {
@@ -244,6 +206,7 @@ fn now() -> u64 {
 fn stream(app: Arc<AppState>, job: Job, mut guard: RequestGuard) -> Response {
     let id = format!("chatcmpl-its-{}", crate::rand::hex(24));
     let created = now();
+    let job_budget = job.budget;
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let head_id = id.clone();
     let task = tokio::spawn(async move {
@@ -300,7 +263,7 @@ fn stream(app: Arc<AppState>, job: Job, mut guard: RequestGuard) -> Response {
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    add_headers(h, &id, 0);
+    add_headers(h, &id, job_budget);
     resp
 }
 

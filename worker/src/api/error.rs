@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::algorithms::AlgorithmError;
+use crate::plan::BudgetError;
 use crate::providers::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +46,6 @@ pub enum ApiError {
     Upstream(String),
     #[error("{0}")]
     UpstreamTimeout(String),
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// The OpenAI error envelope.
@@ -61,7 +60,7 @@ pub struct ErrorBody {
     /// Human-readable, precise description.
     pub message: String,
     /// `invalid_request_error`, `authentication_error`, `permission_error`, `rate_limit_error`,
-    /// `server_error`, `upstream_error`, `timeout_error` or `service_unavailable`.
+    /// `upstream_error`, `timeout_error` or `service_unavailable`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The request field at fault, when there is one.
@@ -91,7 +90,6 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -128,7 +126,6 @@ impl ApiError {
             ApiError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded"), None),
             ApiError::Upstream(_) => ("upstream_error", Some("upstream_error"), None),
             ApiError::UpstreamTimeout(_) => ("timeout_error", Some("upstream_timeout"), None),
-            ApiError::Internal(_) => ("server_error", Some("internal_error"), None),
         };
         ErrorBody {
             message: self.to_string(),
@@ -143,10 +140,7 @@ impl ApiError {
     fn should_retry(&self) -> bool {
         matches!(
             self,
-            ApiError::RateLimited { .. }
-                | ApiError::Upstream(_)
-                | ApiError::UpstreamTimeout(_)
-                | ApiError::Internal(_)
+            ApiError::RateLimited { .. } | ApiError::Upstream(_) | ApiError::UpstreamTimeout(_)
         )
     }
 }
@@ -171,6 +165,12 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        ApiError::bad_request(e.to_string(), Some("budget".to_owned()))
     }
 }
 

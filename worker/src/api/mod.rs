@@ -4,6 +4,7 @@ mod chat;
 mod configure;
 pub mod error;
 mod meta;
+pub mod metadata;
 pub mod openapi;
 pub mod request;
 pub mod response;

@@ -12,7 +12,7 @@ use super::error::ErrorEnvelope;
 use super::meta::ModelList;
 use super::request::ChatCompletionRequest;
 use super::response::ChatCompletion;
-use crate::config::WorkerConfig;
+use crate::config::{MAX_BUDGET_LIMIT, WorkerConfig};
 
 /// The OpenAPI 3.1 document of the worker.
 pub fn document() -> Value {
@@ -48,7 +48,7 @@ pub fn document() -> Value {
                                 Unlisted fields are forwarded to the upstream unchanged. `stream: true` returns \
                                 server-sent `chat.completion.chunk` events of the selected answer.",
                 "parameters": [{"name": "X-ITS-Budget", "in": "header", "required": false,
-                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_BUDGET_LIMIT}}],
                 "requestBody": json_body(&chat_req),
                 "responses": {
                     "200": ok("The selected answer (JSON, or an SSE stream when `stream` is true)", &chat_resp),
@@ -111,5 +111,60 @@ mod tests {
         assert!(
             schemas.contains_key("WorkerConfig") && schemas.contains_key("ChatCompletionRequest")
         );
+    }
+
+    /// Clients generating code from `/openapi.json` get typed access to `metadata`.
+    #[test]
+    fn the_response_metadata_is_documented() {
+        let doc = super::document();
+        let schemas = &doc["components"]["schemas"];
+        let metadata = &schemas["ChatCompletion"]["properties"]["metadata"];
+        assert!(
+            metadata
+                .to_string()
+                .contains("#/components/schemas/Metadata"),
+            "ChatCompletion.metadata does not reference the Metadata schema: {metadata}"
+        );
+        let properties = schemas["Metadata"]["properties"]
+            .as_object()
+            .expect("a Metadata schema with properties");
+        for key in [
+            "algorithm",
+            "all_responses",
+            "selected_index",
+            "response_counts",
+            "tool_name_counts",
+            "vote_space",
+            "agreement",
+            "scores",
+            "judge",
+            "failed_candidates",
+            "candidate_errors",
+        ] {
+            assert!(properties.contains_key(key), "Metadata lacks {key}");
+        }
+        let required = schemas["Metadata"]["required"].to_string();
+        for key in [
+            "algorithm",
+            "all_responses",
+            "selected_index",
+            "failed_candidates",
+        ] {
+            assert!(required.contains(key), "Metadata should require {key}");
+        }
+        let judge = schemas["JudgeMetadata"]["properties"]
+            .as_object()
+            .expect("a JudgeMetadata schema with properties");
+        for key in [
+            "mode",
+            "criterion",
+            "distinct_candidates",
+            "calls",
+            "failures",
+            "error",
+            "fallback",
+        ] {
+            assert!(judge.contains_key(key), "JudgeMetadata lacks {key}");
+        }
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::error::ErrorBody;
+use super::metadata::Metadata;
 use crate::providers::{Candidate, Usage};
 
 /// A standard `chat.completion`, plus `metadata` when the request set `return_response_only: false`.
@@ -26,10 +27,9 @@ pub struct ChatCompletion {
     pub usage: UsageOut,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
-    /// Algorithm details: `algorithm`, `all_responses`, `selected_index`, and `response_counts`
-    /// (self-consistency) or `scores` and `judge` (best-of-n).
+    /// How the answer was chosen: every candidate, and the vote or the judge's scores.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<Value>,
+    pub metadata: Option<Metadata>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use crate::algorithms::fanout::run_calls;
 use crate::config::JudgeMode;
+use crate::fanout::run_calls;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::providers::{Candidate, SharedProvider, Usage};
 
@@ -37,15 +37,63 @@ pub struct Judgement {
     pub usage: Usage,
     pub elapsed: Duration,
     /// The first failure, for the response metadata and logs.
-    pub error: Option<String>,
+    pub error: Option<JudgeFailure>,
+}
+
+/// Why the judge could not score a candidate; the kind decides the fallback's metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JudgeFailureKind {
+    /// The judge answered, but not with a score or ranking that could be read.
+    Unparseable,
+    /// The judge call could not be prepared, or failed upstream, or gave no result.
+    CallFailed,
+}
+
+impl JudgeFailureKind {
+    /// The bounded label of `inferscale_judge_calls_total` and `inferscale_judge_fallbacks_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            JudgeFailureKind::Unparseable => "unparseable",
+            JudgeFailureKind::CallFailed => "error",
+        }
+    }
+}
+
+/// A judge failure: its kind, and a message for the response metadata and the logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JudgeFailure {
+    pub kind: JudgeFailureKind,
+    pub message: String,
+}
+
+impl JudgeFailure {
+    fn unparseable(reply: &str) -> Self {
+        Self {
+            kind: JudgeFailureKind::Unparseable,
+            message: format!("unparseable judge reply: {}", preview(reply)),
+        }
+    }
+
+    fn call_failed(message: String) -> Self {
+        Self {
+            kind: JudgeFailureKind::CallFailed,
+            message,
+        }
+    }
+}
+
+/// The name of a judge mode, as the metadata and the metrics labels spell it.
+pub fn mode_name(mode: JudgeMode) -> &'static str {
+    match mode {
+        JudgeMode::Pointwise => "pointwise",
+        JudgeMode::Groupwise => "groupwise",
+    }
 }
 
 impl Judge {
     pub fn mode_str(&self) -> &'static str {
-        match self.mode {
-            JudgeMode::Pointwise => "pointwise",
-            JudgeMode::Groupwise => "groupwise",
-        }
+        mode_name(self.mode)
     }
 
     /// Scores the distinct candidates of a conversation.
@@ -110,12 +158,7 @@ impl Judge {
                         .unwrap_or("");
                     let score = parse::parse_score(reply);
                     if score.is_none() {
-                        self.note_failure(
-                            &mut j,
-                            format!("unparseable judge reply: {}", preview(reply)),
-                            "unparseable",
-                            metrics,
-                        );
+                        self.note_failure(&mut j, JudgeFailure::unparseable(reply), metrics);
                     } else {
                         metrics
                             .judge_calls
@@ -125,7 +168,8 @@ impl Judge {
                     score
                 }
                 Err(e) => {
-                    self.note_failure(&mut j, format!("judge call failed: {e}"), "error", metrics);
+                    let failure = JudgeFailure::call_failed(format!("judge call failed: {e}"));
+                    self.note_failure(&mut j, failure, metrics);
                     None
                 }
             };
@@ -177,21 +221,17 @@ impl Judge {
                             j.scores[idx] = Some(1.0 - rank as f64 / k);
                         }
                     }
-                    None => self.note_failure(
-                        &mut j,
-                        format!("unparseable judge reply: {}", preview(reply)),
-                        "unparseable",
-                        metrics,
-                    ),
+                    None => self.note_failure(&mut j, JudgeFailure::unparseable(reply), metrics),
                 }
             }
-            Some(Err(e)) => {
-                self.note_failure(&mut j, format!("judge call failed: {e}"), "error", metrics)
-            }
+            Some(Err(e)) => self.note_failure(
+                &mut j,
+                JudgeFailure::call_failed(format!("judge call failed: {e}")),
+                metrics,
+            ),
             None => self.note_failure(
                 &mut j,
-                "judge call produced no result".into(),
-                "error",
+                JudgeFailure::call_failed("judge call produced no result".into()),
                 metrics,
             ),
         }
@@ -209,22 +249,23 @@ impl Judge {
         body
     }
 
-    fn note_failure(&self, j: &mut Judgement, message: String, outcome: &str, metrics: &Metrics) {
+    fn note_failure(&self, j: &mut Judgement, failure: JudgeFailure, metrics: &Metrics) {
         metrics
             .judge_calls
-            .with_label_values(&[self.mode_str(), outcome])
+            .with_label_values(&[self.mode_str(), failure.kind.label()])
             .inc();
-        tracing::warn!(mode = self.mode_str(), "{message}");
+        tracing::warn!(mode = self.mode_str(), "{}", failure.message);
         j.failures += 1;
-        j.error.get_or_insert(message);
+        j.error.get_or_insert(failure);
     }
 }
 
+/// No judge call could be prepared: nothing was sent.
 fn failed(n: usize, error: String) -> Judgement {
     Judgement {
         scores: vec![None; n],
         failures: 1,
-        error: Some(error),
+        error: Some(JudgeFailure::call_failed(error)),
         ..Default::default()
     }
 }
