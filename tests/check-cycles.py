@@ -12,8 +12,11 @@ The check fails, printing every offending line, when
   * a cycle exists between top-level modules of a crate (each strongly connected component is
     listed with one cycle through it and the lines that create its edges);
   * the worker crate depends on the operator crate (Cargo.toml or an `inferscale_operator` path);
-  * worker `algorithms` names HTTP types (axum, http, hyper, reqwest) or reaches `api`/`server`;
+  * worker `algorithms`, `judge`, `fanout` or `plan` names HTTP types (axum, http, hyper,
+    reqwest), or `algorithms` reaches `api`/`server`;
   * worker `providers` reaches `algorithms` (directly or through other modules);
+  * worker `config` (built without the server feature, shared with the operator) reaches any
+    module of the server;
   * operator `build` does I/O: a kube `Api`/`Client`, `kube::runtime`, files, sockets, reqwest,
     or reaches a module that talks to the API server (`apply`, `controller`, `run`, `leader`,
     `server`).
@@ -498,8 +501,12 @@ def check(root: Path) -> list[str]:
     problems += check_cycles(worker)
     problems += check_cycles(operator)
     problems += check_worker_never_depends_on_operator(root)
-    problems += external_problem(
-        worker, "algorithms must not use HTTP types", "algorithms", HTTP_CRATES)
+    for pure in ("algorithms", "judge", "fanout", "plan"):
+        problems += external_problem(
+            worker, f"{pure} must not use HTTP types", pure, HTTP_CRATES)
+    problems += chain_problem(
+        worker, "config (shared with the operator) must not reach the server's modules", "config",
+        {"api", "algorithms", "judge", "fanout", "plan", "providers", "runtime", "server", "metrics"})
     problems += chain_problem(
         worker, "algorithms must not reach the HTTP layer", "algorithms", {"api", "server"})
     problems += chain_problem(

@@ -12,7 +12,9 @@ bad=0
 while IFS= read -r f; do
   grep -q 'pipefail' "$f" || continue
   # a pipe, then grep with -q (alone or among other short flags) or --quiet
-  if hits=$(grep -nE '\|[[:space:]]*grep[[:space:]]+(-[A-Za-z]*q[A-Za-z]*|--quiet)([[:space:]]|$)' "$f"); then
+  # (comment lines, like the ones above, are not code)
+  if hits=$(grep -nE '\|[[:space:]]*grep[[:space:]]+(-[A-Za-z]*q[A-Za-z]*|--quiet)([[:space:]]|$)' "$f" \
+              | grep -vE '^[0-9]+:[[:space:]]*#'); then
     printf '%s: `| grep -q` under pipefail (use `grep ... >/dev/null`):\n%s\n' "$f" "$hits" >&2
     bad=1
   fi
