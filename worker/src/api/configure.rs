@@ -11,8 +11,9 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::AppState;
+use super::access::PeerAddr;
 use super::error::ApiError;
-use crate::config::{ConfigError, WorkerConfig};
+use crate::config::{ConfigError, SecretAllowList, SecretValue, WorkerConfig};
 use crate::runtime::Runtime;
 
 /// Reply of a successful `/configure`. Never contains a secret.
@@ -28,10 +29,11 @@ pub struct ConfigureResponse {
 
 pub async fn configure(
     State(app): State<Arc<AppState>>,
+    PeerAddr(peer): PeerAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ConfigureResponse>, ApiError> {
-    app.access.check_admin(&headers)?;
+    app.access.check_admin(&headers, peer)?;
     let bytes = super::read_body(body, app.max_body_bytes).await?;
     let result = apply(&app, &bytes);
     app.metrics
@@ -60,6 +62,7 @@ fn apply(app: &AppState, bytes: &[u8]) -> Result<ConfigureResponse, ApiError> {
             Some("server".to_owned()),
         ));
     }
+    check_secret_sources(&cfg, &app.access.configure_secrets)?;
     let runtime = Runtime::build(&cfg, &app.metrics, &app.env).map_err(config_error)?;
     let reply = ConfigureResponse {
         status: "success",
@@ -81,4 +84,33 @@ fn apply(app: &AppState, bytes: &[u8]) -> Result<ConfigureResponse, ApiError> {
 pub(crate) fn config_error(e: ConfigError) -> ApiError {
     let param = e.param().map(str::to_owned);
     ApiError::bad_request(e.to_string(), param)
+}
+
+/// Refuses file and environment secret sources outside the allow-list, and checks that the
+/// admitted ones can be read, before anything is built. Every refusal of one field reads the same
+/// whether the file exists or not, and no OS error is passed on: the caller must not be able to
+/// probe the worker's filesystem or environment through these messages.
+fn check_secret_sources(cfg: &WorkerConfig, allowed: &SecretAllowList) -> Result<(), ApiError> {
+    for (param, source) in cfg.secret_references() {
+        if matches!(source, SecretValue::Inline(_)) {
+            continue;
+        }
+        if !allowed.admits(&source) {
+            return Err(ApiError::bad_request(
+                format!(
+                    "{param}: this file or environment variable is not among the secret sources /configure may use \
+                     (the worker's --configure-secret-dir and --configure-secret-env); send the value inline, \
+                     or put the reference in the worker's config file"
+                ),
+                Some(param),
+            ));
+        }
+        if source.read_now().is_err() {
+            return Err(ApiError::bad_request(
+                format!("{param}: the referenced secret cannot be read"),
+                Some(param),
+            ));
+        }
+    }
+    Ok(())
 }

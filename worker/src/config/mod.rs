@@ -12,11 +12,15 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use secret::{LiveSecret, SecretError, SecretValue};
+pub use secret::{LiveSecret, SecretAllowList, SecretError, SecretValue};
 pub use validate::{ConfigError, MAX_BUDGET_LIMIT};
 
 /// Default number of candidates when neither the request nor the configuration names one.
 pub const DEFAULT_BUDGET: u32 = 4;
+/// Largest budget a request may ask for when the configuration sets no `max_budget`. Each unit
+/// is one paid upstream call, so the default is deliberately far below [`MAX_BUDGET_LIMIT`] (the
+/// reference service's 1000); the operator's CRD uses the same default.
+pub const DEFAULT_MAX_BUDGET: u32 = 16;
 /// Default TCP port of the worker.
 pub const DEFAULT_PORT: u16 = 8108;
 
@@ -58,7 +62,7 @@ pub struct WorkerConfig {
     /// Default budget (candidates per request) when the request does not set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<u32>,
-    /// Largest budget a request may ask for (at most 1000).
+    /// Largest budget a request may ask for (default 16, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<u32>,
     /// Default sampling temperature for candidate calls when the request sets none.
@@ -296,7 +300,33 @@ impl WorkerConfig {
     }
 
     pub fn max_budget(&self) -> u32 {
-        self.max_budget.unwrap_or(MAX_BUDGET_LIMIT)
+        self.max_budget.unwrap_or(DEFAULT_MAX_BUDGET)
+    }
+
+    /// Every secret source named by this configuration, with the field it appears in: the key
+    /// fields, and `extra_args` values written as `{"file": …}` / `{"env": …}` (the AWS keys).
+    /// Inline values are included too, so callers can decide per form.
+    pub fn secret_references(&self) -> Vec<(String, SecretValue)> {
+        let mut refs = Vec::new();
+        for (param, value) in [
+            ("api_key", &self.api_key),
+            ("judge_api_key", &self.judge_api_key),
+        ] {
+            if let Some(v) = value {
+                refs.push((param.to_owned(), v.clone()));
+            }
+        }
+        for (key, value) in self.extra_args.iter().flatten() {
+            if value.is_object()
+                && let Ok(v) = serde_json::from_value::<SecretValue>(value.clone())
+            {
+                refs.push((format!("extra_args.{key}"), v));
+            }
+        }
+        if let Some(token) = self.server.as_ref().and_then(|s| s.admin_token.as_ref()) {
+            refs.push(("server.admin_token".to_owned(), token.clone()));
+        }
+        refs
     }
 }
 
@@ -345,5 +375,26 @@ mod tests {
         });
         let text = serde_yaml::to_string(&c).unwrap();
         assert_eq!(WorkerConfig::from_file_text(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn secret_references_cover_keys_and_extra_args() {
+        let c: WorkerConfig = serde_json::from_str(
+            r#"{"model":"m","api_key":{"file":"/a"},"judge_api_key":"inline",
+                "extra_args":{"aws_access_key_id":{"env":"K"},"aws_region_name":"us-east-1"}}"#,
+        )
+        .unwrap();
+        let params: Vec<String> = c.secret_references().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            params,
+            ["api_key", "judge_api_key", "extra_args.aws_access_key_id"]
+        );
+    }
+
+    #[test]
+    fn max_budget_defaults_to_the_safe_default() {
+        let c = WorkerConfig::for_model("m");
+        assert_eq!(c.max_budget(), DEFAULT_MAX_BUDGET);
+        assert_eq!(c.default_budget(), DEFAULT_BUDGET);
     }
 }
