@@ -4,6 +4,7 @@
 //! This module is compiled without the `server` feature too, so the operator shares the type
 //! instead of keeping a copy.
 
+pub mod limits;
 mod secret;
 mod validate;
 

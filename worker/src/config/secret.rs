@@ -230,7 +230,8 @@ mod tests {
         std::fs::write(outside.join("secret"), "s").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(outside.join("secret"), allowed.join("link")).unwrap();
-        let list = SecretAllowList::new(&[allowed.clone()], &["GOOD".to_owned()]).unwrap();
+        let list =
+            SecretAllowList::new(std::slice::from_ref(&allowed), &["GOOD".to_owned()]).unwrap();
         let file = |p: PathBuf| SecretValue::File { file: p };
         assert!(list.admits(&file(allowed.join("key"))));
         assert!(list.admits(&file(outside.join("../allowed/key"))));
