@@ -37,7 +37,8 @@ pub struct WorkerConfig {
     /// Upstream base URL (for example `http://vllm:8000/v1`) or `auto` to route by model string.
     #[serde(default = "auto")]
     pub endpoint: String,
-    /// Upstream API key: inline text, `{"file": path}` or `{"env": NAME}`. Never echoed.
+    /// Upstream API key: inline text, `{"file": path}` or `{"env": NAME}`. Never echoed. In a
+    /// `/configure` body, the file and env forms must be allowed by the worker's start-up flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretValue>,
     /// Model string. LiteLLM-style prefixes (`openai/`, `bedrock/`, `hosted_vllm/`) select the provider.
@@ -81,8 +82,8 @@ pub struct WorkerConfig {
     /// Judge base URL or `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_base_url: Option<String>,
-    /// Judge API key (same forms as `api_key`). Defaults to `api_key` when the judge uses the same
-    /// endpoint.
+    /// Judge API key (same forms as `api_key`). Defaults to `api_key` only when the judge calls
+    /// the same provider at the same origin (scheme, host and port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_api_key: Option<SecretValue>,
     /// `pointwise` (one call per distinct candidate) or `groupwise` (one call ranking all).
@@ -251,7 +252,8 @@ pub struct ServerSettings {
     /// Whether `POST /configure` is served. Defaults to false when the config comes from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_configure: Option<bool>,
-    /// When set, `POST /configure` needs `Authorization: Bearer <token>`.
+    /// When set, `POST /configure` needs `Authorization: Bearer <token>`; when no admin token is
+    /// set anywhere (flag, environment or here), `/configure` is served to loopback peers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<SecretValue>,
     /// Largest accepted request body in bytes (default 8 MiB).
