@@ -63,7 +63,8 @@ fn apply(app: &AppState, bytes: &[u8]) -> Result<ConfigureResponse, ApiError> {
         ));
     }
     check_secret_sources(&cfg, &app.access.configure_secrets)?;
-    let runtime = Runtime::build(&cfg, &app.metrics, &app.env).map_err(config_error)?;
+    let runtime = Runtime::build(&cfg, &app.metrics, &app.env)
+        .map_err(|e| hide_secret_read_errors(&cfg, e))?;
     let reply = ConfigureResponse {
         status: "success",
         message: format!(
@@ -113,4 +114,71 @@ fn check_secret_sources(cfg: &WorkerConfig, allowed: &SecretAllowList) -> Result
         }
     }
     Ok(())
+}
+
+/// A referenced secret can still fail to read while the runtime is built (the file was removed
+/// after the check); the error for such a field is replaced by the generic one so that no OS
+/// error reaches the caller.
+fn hide_secret_read_errors(cfg: &WorkerConfig, e: ConfigError) -> ApiError {
+    // The two forms of `SecretError`'s message; other errors of the same field pass through.
+    let message = e.to_string();
+    let is_read_error = message.contains("cannot be read") || message.contains("is not set");
+    let by_reference = is_read_error
+        && cfg.secret_references().into_iter().any(|(param, source)| {
+            !matches!(source, SecretValue::Inline(_))
+                && e.param()
+                    .is_some_and(|p| param == p || param.starts_with(&format!("{p}.")))
+        });
+    match (by_reference, e.param()) {
+        (true, Some(param)) => ApiError::bad_request(
+            format!("{param}: the referenced secret cannot be read"),
+            Some(param.to_owned()),
+        ),
+        _ => config_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> WorkerConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn message(e: ApiError) -> String {
+        match e {
+            ApiError::BadRequest { message, .. } => message,
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn read_errors_of_referenced_secrets_do_not_reach_the_caller() {
+        let c = cfg(r#"{"model":"m","api_key":{"file":"/run/secrets/key"}}"#);
+        let e = ConfigError::Invalid {
+            param: "api_key",
+            message: "secret file /run/secrets/key cannot be read: entity not found".into(),
+        };
+        assert_eq!(
+            message(hide_secret_read_errors(&c, e)),
+            "api_key: the referenced secret cannot be read"
+        );
+    }
+
+    #[test]
+    fn other_errors_pass_through() {
+        let c = cfg(r#"{"model":"m","extra_args":{"aws_access_key_id":{"file":"/k"}}}"#);
+        let e = ConfigError::Invalid {
+            param: "extra_args",
+            message: "region \"US-EAST-1\" is not a valid AWS region".into(),
+        };
+        assert!(message(hide_secret_read_errors(&c, e)).contains("US-EAST-1"));
+        let inline = cfg(r#"{"model":"m","api_key":"k"}"#);
+        let e = ConfigError::Invalid {
+            param: "api_key",
+            message: "environment variable X is not set".into(),
+        };
+        assert!(message(hide_secret_read_errors(&inline, e)).contains("X is not set"));
+    }
 }
