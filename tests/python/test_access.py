@@ -8,7 +8,9 @@ shows what reached an upstream (and with which Authorization header).
 The refusal of /configure from a non-loopback peer cannot be driven end to end here: tests may only
 connect from 127.0.0.1, and every 127.x address is loopback, so binding the worker elsewhere in
 that range would not change the peer. That decision is a pure function of the peer address
-(`is_loopback_peer`) and is unit-tested with remote IPv4/IPv6 addresses in worker/src/api/access.rs.
+(`is_loopback_peer`), unit-tested with remote IPv4/IPv6 addresses in worker/src/api/access.rs, where
+the whole /configure route is also served over HTTP with a remote peer address injected
+(`MockConnectInfo`) and answers 403 with the error envelope.
 """
 
 from __future__ import annotations

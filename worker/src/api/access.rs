@@ -102,12 +102,14 @@ pub struct PeerAddr(pub Option<SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The extractor also honours `MockConnectInfo`, which in-process tests use to act as a
+        // remote client.
         Ok(PeerAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| *addr),
+            ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+                .await
+                .ok()
+                .map(|ConnectInfo(addr)| addr),
         ))
     }
 }
@@ -224,5 +226,52 @@ mod tests {
             a.check_admin(&HeaderMap::new(), peer("127.0.0.1:1")),
             Err(ApiError::Forbidden(_))
         ));
+    }
+}
+
+/// The whole `/configure` path over real HTTP, with the peer address a remote client would have.
+/// (Tests can only connect from 127.0.0.1, so the peer is injected with `MockConnectInfo`.)
+#[cfg(test)]
+mod http_tests {
+    use axum::extract::connect_info::MockConnectInfo;
+    use clap::Parser;
+
+    use crate::server::Cli;
+
+    async fn post_configure_as(peer: &str) -> (u16, serde_json::Value) {
+        let startup = Cli::parse_from(["inferscale-worker"]).startup().unwrap();
+        let app = super::super::router(startup.state).layer(MockConnectInfo(
+            peer.parse::<std::net::SocketAddr>().unwrap(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/configure", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"model": "gpt-4o-mini", "endpoint": "http://127.0.0.1:9/v1"}"#)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        server.abort();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn remote_peer_gets_403_envelope_naming_the_setting() {
+        let (status, body) = post_configure_as("203.0.113.7:40000").await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["type"], "permission_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--admin-token-file"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn loopback_peer_may_configure() {
+        let (status, body) = post_configure_as("127.0.0.1:40000").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "success");
     }
 }
