@@ -9,7 +9,9 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::api::{self, Access, AppState, DEFAULT_MAX_BODY_BYTES};
-use crate::config::{DEFAULT_PORT, LiveSecret, LogFormat, SecretValue, WorkerConfig};
+use crate::config::{
+    DEFAULT_PORT, LiveSecret, LogFormat, SecretAllowList, SecretValue, WorkerConfig,
+};
 use crate::metrics::Metrics;
 use crate::runtime::{Env, Runtime};
 
@@ -43,7 +45,31 @@ pub struct Cli {
     /// Serve `POST /configure` even though --config is given.
     #[arg(long)]
     pub allow_configure: bool,
+    /// File holding the admin token `POST /configure` requires (`Authorization: Bearer <token>`),
+    /// re-read when it changes. Without any admin token, `/configure` is served to loopback
+    /// peers only. The token itself can also be given in INFERSCALE_ADMIN_TOKEN.
+    #[arg(long, env = "INFERSCALE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// A directory whose files a `/configure` body may name as `{"file": …}` secrets
+    /// (repeatable; the environment variable takes a comma-separated list) [default: none]
+    #[arg(
+        long = "configure-secret-dir",
+        env = "INFERSCALE_CONFIGURE_SECRET_DIRS",
+        value_delimiter = ','
+    )]
+    pub configure_secret_dirs: Vec<PathBuf>,
+    /// An environment variable a `/configure` body may name as an `{"env": …}` secret
+    /// (repeatable; the environment variable takes a comma-separated list) [default: none]
+    #[arg(
+        long = "configure-secret-env",
+        env = "INFERSCALE_CONFIGURE_SECRET_ENVS",
+        value_delimiter = ','
+    )]
+    pub configure_secret_envs: Vec<String>,
 }
+
+/// Environment variable holding the admin token itself (rather than a file with it).
+pub const ADMIN_TOKEN_ENV: &str = "INFERSCALE_ADMIN_TOKEN";
 
 /// Everything needed to start serving.
 pub struct Startup {
@@ -104,6 +130,14 @@ impl Cli {
         } else {
             self.allow_configure || server.allow_configure.unwrap_or(file.is_none())
         };
+        let (admin_source, admin_what) = self.admin_token_source(server.admin_token.clone());
+        let admin_token = secret(admin_source, admin_what)?;
+        if admin_token.as_ref().is_some_and(|t| t.get().is_empty()) {
+            return Err(bad(format!("{admin_what} is empty")));
+        }
+        let configure_secrets =
+            SecretAllowList::new(&self.configure_secret_dirs, &self.configure_secret_envs)
+                .map_err(|e| bad(format!("--configure-secret-dir: {e}")))?;
         let access = Access {
             api_keys: secret(
                 server
@@ -113,7 +147,8 @@ impl Cli {
                 "server.api_keys_file",
             )?,
             allow_configure,
-            admin_token: secret(server.admin_token.clone(), "server.admin_token")?,
+            admin_token,
+            configure_secrets,
         };
         let metrics = Arc::new(Metrics::new());
         let env = Env::from_process();
@@ -146,6 +181,32 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Where the admin token comes from, and the setting's name for error messages. The first
+    /// given wins: --admin-token-file (or INFERSCALE_ADMIN_TOKEN_FILE), INFERSCALE_ADMIN_TOKEN,
+    /// the config file's `server.admin_token`.
+    fn admin_token_source(
+        &self,
+        from_file_config: Option<SecretValue>,
+    ) -> (Option<SecretValue>, &'static str) {
+        if let Some(file) = &self.admin_token_file {
+            return (
+                Some(SecretValue::File { file: file.clone() }),
+                "--admin-token-file",
+            );
+        }
+        if std::env::var_os(ADMIN_TOKEN_ENV).is_some() {
+            return (
+                Some(SecretValue::Env {
+                    env: ADMIN_TOKEN_ENV.to_owned(),
+                }),
+                ADMIN_TOKEN_ENV,
+            );
+        }
+        (from_file_config, "server.admin_token")
+    }
+}
+
 /// Installs the global tracing subscriber.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
@@ -169,9 +230,14 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address is recorded for `/configure`, which admits only loopback peers when no
+    // admin token is set.
+    axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,5 +1,6 @@
 //! The HTTP API: thin handlers over the algorithm engine.
 
+pub mod access;
 mod chat;
 mod configure;
 pub mod error;
@@ -14,12 +15,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::Uri;
 use axum::routing::{get, post};
 
-use crate::config::LiveSecret;
 use crate::metrics::Metrics;
 use crate::runtime::{Env, Runtime};
+pub use access::Access;
 use error::ApiError;
 
 /// Largest request body accepted by default.
@@ -33,67 +34,6 @@ pub struct AppState {
     pub access: Access,
     pub env: Env,
     pub max_body_bytes: usize,
-}
-
-/// Who may call what.
-#[derive(Default)]
-pub struct Access {
-    /// Client keys (one per line); when set, `/v1` routes need `Authorization: Bearer <key>`.
-    pub api_keys: Option<LiveSecret>,
-    /// Whether `/configure` is served at all.
-    pub allow_configure: bool,
-    /// When set, `/configure` needs `Authorization: Bearer <token>`.
-    pub admin_token: Option<LiveSecret>,
-}
-
-impl Access {
-    pub fn check_client(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(keys) = &self.api_keys else {
-            return Ok(());
-        };
-        let token = bearer(headers).ok_or(ApiError::Unauthorized(
-            "Missing API key: send it as 'Authorization: Bearer <key>'.",
-        ))?;
-        let keys = keys.get();
-        if keys
-            .lines()
-            .map(str::trim)
-            .any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), token.as_bytes()))
-        {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthorized("Incorrect API key provided."))
-        }
-    }
-
-    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if !self.allow_configure {
-            return Err(ApiError::Forbidden(
-                "POST /configure is disabled: this worker's configuration comes from its config file".into(),
-            ));
-        }
-        let Some(admin) = &self.admin_token else {
-            return Ok(());
-        };
-        match bearer(headers) {
-            Some(t) if constant_time_eq(admin.get().as_bytes(), t.as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::Unauthorized("Incorrect admin token provided.")),
-            None => Err(ApiError::Unauthorized(
-                "Missing admin token: send it as 'Authorization: Bearer <token>'.",
-            )),
-        }
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Comparison whose duration does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The worker's routes.

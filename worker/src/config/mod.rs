@@ -4,6 +4,7 @@
 //! This module is compiled without the `server` feature too, so the operator shares the type
 //! instead of keeping a copy.
 
+pub mod limits;
 mod secret;
 mod validate;
 
@@ -12,11 +13,15 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use secret::{LiveSecret, SecretError, SecretValue};
+pub use secret::{LiveSecret, SecretAllowList, SecretError, SecretValue};
 pub use validate::{ConfigError, MAX_BUDGET_LIMIT};
 
 /// Default number of candidates when neither the request nor the configuration names one.
 pub const DEFAULT_BUDGET: u32 = 4;
+/// Largest budget a request may ask for when the configuration sets no `max_budget`. Each unit
+/// is one paid upstream call, so the default is deliberately far below [`MAX_BUDGET_LIMIT`] (the
+/// reference service's 1000); the operator's CRD uses the same default.
+pub const DEFAULT_MAX_BUDGET: u32 = 16;
 /// Default TCP port of the worker.
 pub const DEFAULT_PORT: u16 = 8108;
 
@@ -32,7 +37,8 @@ pub struct WorkerConfig {
     /// Upstream base URL (for example `http://vllm:8000/v1`) or `auto` to route by model string.
     #[serde(default = "auto")]
     pub endpoint: String,
-    /// Upstream API key: inline text, `{"file": path}` or `{"env": NAME}`. Never echoed.
+    /// Upstream API key: inline text, `{"file": path}` or `{"env": NAME}`. Never echoed. In a
+    /// `/configure` body, the file and env forms must be allowed by the worker's start-up flags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretValue>,
     /// Model string. LiteLLM-style prefixes (`openai/`, `bedrock/`, `hosted_vllm/`) select the provider.
@@ -58,7 +64,7 @@ pub struct WorkerConfig {
     /// Default budget (candidates per request) when the request does not set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<u32>,
-    /// Largest budget a request may ask for (at most 1000).
+    /// Largest budget a request may ask for (default 16, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<u32>,
     /// Default sampling temperature for candidate calls when the request sets none.
@@ -76,8 +82,8 @@ pub struct WorkerConfig {
     /// Judge base URL or `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_base_url: Option<String>,
-    /// Judge API key (same forms as `api_key`). Defaults to `api_key` when the judge uses the same
-    /// endpoint.
+    /// Judge API key (same forms as `api_key`). Defaults to `api_key` only when the judge calls
+    /// the same provider at the same origin (scheme, host and port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_api_key: Option<SecretValue>,
     /// `pointwise` (one call per distinct candidate) or `groupwise` (one call ranking all).
@@ -246,7 +252,8 @@ pub struct ServerSettings {
     /// Whether `POST /configure` is served. Defaults to false when the config comes from a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_configure: Option<bool>,
-    /// When set, `POST /configure` needs `Authorization: Bearer <token>`.
+    /// When set, `POST /configure` needs `Authorization: Bearer <token>`; when no admin token is
+    /// set anywhere (flag, environment or here), `/configure` is served to loopback peers only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<SecretValue>,
     /// Largest accepted request body in bytes (default 8 MiB).
@@ -296,7 +303,33 @@ impl WorkerConfig {
     }
 
     pub fn max_budget(&self) -> u32 {
-        self.max_budget.unwrap_or(MAX_BUDGET_LIMIT)
+        self.max_budget.unwrap_or(DEFAULT_MAX_BUDGET)
+    }
+
+    /// Every secret source named by this configuration, with the field it appears in: the key
+    /// fields, and `extra_args` values written as `{"file": …}` / `{"env": …}` (the AWS keys).
+    /// Inline values are included too, so callers can decide per form.
+    pub fn secret_references(&self) -> Vec<(String, SecretValue)> {
+        let mut refs = Vec::new();
+        for (param, value) in [
+            ("api_key", &self.api_key),
+            ("judge_api_key", &self.judge_api_key),
+        ] {
+            if let Some(v) = value {
+                refs.push((param.to_owned(), v.clone()));
+            }
+        }
+        for (key, value) in self.extra_args.iter().flatten() {
+            if value.is_object()
+                && let Ok(v) = serde_json::from_value::<SecretValue>(value.clone())
+            {
+                refs.push((format!("extra_args.{key}"), v));
+            }
+        }
+        if let Some(token) = self.server.as_ref().and_then(|s| s.admin_token.as_ref()) {
+            refs.push(("server.admin_token".to_owned(), token.clone()));
+        }
+        refs
     }
 }
 
@@ -345,5 +378,26 @@ mod tests {
         });
         let text = serde_yaml::to_string(&c).unwrap();
         assert_eq!(WorkerConfig::from_file_text(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn secret_references_cover_keys_and_extra_args() {
+        let c: WorkerConfig = serde_json::from_str(
+            r#"{"model":"m","api_key":{"file":"/a"},"judge_api_key":"inline",
+                "extra_args":{"aws_access_key_id":{"env":"K"},"aws_region_name":"us-east-1"}}"#,
+        )
+        .unwrap();
+        let params: Vec<String> = c.secret_references().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            params,
+            ["api_key", "judge_api_key", "extra_args.aws_access_key_id"]
+        );
+    }
+
+    #[test]
+    fn max_budget_defaults_to_the_safe_default() {
+        let c = WorkerConfig::for_model("m");
+        assert_eq!(c.max_budget(), DEFAULT_MAX_BUDGET);
+        assert_eq!(c.default_budget(), DEFAULT_BUDGET);
     }
 }

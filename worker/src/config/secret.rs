@@ -133,6 +133,58 @@ fn file_stamp(source: &SecretValue) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
+/// Where a `POST /configure` body may take secrets from: files under some directories and some
+/// environment variables, named by the operator at start-up. Default: nowhere. Without it, anyone
+/// allowed to call `/configure` could have any file the worker can read, or any of its environment
+/// variables, sent to an upstream of their choice as a Bearer token. The config file (written by
+/// the operator) is not subject to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretAllowList {
+    /// Canonical (symlink-free, absolute) directories.
+    dirs: Vec<PathBuf>,
+    envs: Vec<String>,
+}
+
+impl SecretAllowList {
+    /// Resolves the directories now, so that `..` and symlinks cannot widen them later. A
+    /// directory that cannot be resolved is an operator's mistake and is reported.
+    pub fn new(dirs: &[PathBuf], envs: &[String]) -> Result<Self, SecretError> {
+        let dirs = dirs
+            .iter()
+            .map(|d| {
+                std::fs::canonicalize(d).map_err(|e| SecretError::File {
+                    path: d.display().to_string(),
+                    reason: e.kind().to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            dirs,
+            envs: envs.iter().filter(|e| !e.is_empty()).cloned().collect(),
+        })
+    }
+
+    /// Whether a `/configure` body may use this source. Inline values always may. A file is
+    /// judged by its canonical path (symlinks resolved, `..` removed); a path that cannot be
+    /// resolved is refused exactly like one outside the list, so the answer says nothing about
+    /// whether it exists.
+    pub fn admits(&self, source: &SecretValue) -> bool {
+        match source {
+            SecretValue::Inline(_) => true,
+            SecretValue::File { file } => {
+                std::fs::canonicalize(file).is_ok_and(|canonical| is_within(&canonical, &self.dirs))
+            }
+            SecretValue::Env { env } => self.envs.iter().any(|allowed| allowed == env),
+        }
+    }
+}
+
+/// Whether a canonical path lies strictly inside one of the canonical directories.
+fn is_within(canonical: &std::path::Path, dirs: &[PathBuf]) -> bool {
+    dirs.iter()
+        .any(|d| canonical != d.as_path() && canonical.starts_with(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +217,45 @@ mod tests {
         std::fs::write(&path, "second-key").unwrap();
         assert_eq!(&*s.get(), "second-key");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn allow_list_resolves_dots_and_symlinks() {
+        let root = std::env::temp_dir().join(format!("inferscale-allow-{}", std::process::id()));
+        let allowed = root.join("allowed");
+        let outside = root.join("outside");
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(allowed.join("key"), "k").unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(outside.join("secret"), allowed.join("link")).unwrap();
+        let list =
+            SecretAllowList::new(std::slice::from_ref(&allowed), &["GOOD".to_owned()]).unwrap();
+        let file = |p: PathBuf| SecretValue::File { file: p };
+        assert!(list.admits(&file(allowed.join("key"))));
+        assert!(list.admits(&file(outside.join("../allowed/key"))));
+        assert!(!list.admits(&file(allowed.join("../outside/secret"))));
+        assert!(!list.admits(&file(allowed.join("missing"))));
+        assert!(!list.admits(&file(outside.join("secret"))));
+        assert!(!list.admits(&file(allowed.clone())));
+        #[cfg(unix)]
+        assert!(!list.admits(&file(allowed.join("link"))));
+        assert!(list.admits(&SecretValue::Env { env: "GOOD".into() }));
+        assert!(!list.admits(&SecretValue::Env { env: "HOME".into() }));
+        assert!(list.admits(&SecretValue::Inline("x".into())));
+        assert!(!SecretAllowList::default().admits(&file(allowed.join("key"))));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn within_needs_a_path_below_the_directory() {
+        let dirs = [PathBuf::from("/run/secrets")];
+        assert!(is_within(std::path::Path::new("/run/secrets/a"), &dirs));
+        assert!(!is_within(std::path::Path::new("/run/secrets"), &dirs));
+        assert!(!is_within(
+            std::path::Path::new("/run/secrets-other/a"),
+            &dirs
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! Validation of a [`WorkerConfig`] before anything is applied. Pure: no I/O except reading
 //! referenced secret files, which is done later by the runtime.
 
-use super::{AlgorithmName, WorkerConfig};
+use super::{AlgorithmName, WorkerConfig, limits};
 
 /// Highest budget any configuration may allow (the reference service's limit).
 pub const MAX_BUDGET_LIMIT: u32 = 1000;
@@ -97,18 +97,13 @@ impl WorkerConfig {
                 "judge_model must not be empty",
             ));
         }
-        if self.judge_top_n == Some(0) {
-            return Err(ConfigError::invalid(
-                "judge_top_n",
-                "judge_top_n must be at least 1",
-            ));
-        }
-        if self.judge_max_tokens == Some(0) {
-            return Err(ConfigError::invalid(
-                "judge_max_tokens",
-                "judge_max_tokens must be at least 1",
-            ));
-        }
+        limits::check_count("judge_top_n", self.judge_top_n, 1, MAX_BUDGET_LIMIT)?;
+        limits::check_count(
+            "judge_max_tokens",
+            self.judge_max_tokens,
+            1,
+            limits::MAX_JUDGE_MAX_TOKENS,
+        )?;
         if let Some(c) = &self.judge_criterion
             && c.trim().is_empty()
         {
@@ -118,38 +113,10 @@ impl WorkerConfig {
             ));
         }
         if let Some(u) = &self.upstream {
-            for (param, v) in [
-                ("upstream.connect_timeout_secs", u.connect_timeout_secs),
-                ("upstream.call_timeout_secs", u.call_timeout_secs),
-                ("upstream.request_timeout_secs", u.request_timeout_secs),
-            ] {
-                if let Some(v) = v
-                    && !(v.is_finite() && v > 0.0)
-                {
-                    return Err(ConfigError::invalid(
-                        param,
-                        format!("{param} must be a positive number of seconds"),
-                    ));
-                }
-            }
-            if matches!(u.candidates_per_call, Some(n) if !(1..=128).contains(&n)) {
-                return Err(ConfigError::invalid(
-                    "upstream.candidates_per_call",
-                    "upstream.candidates_per_call must be between 1 and 128",
-                ));
-            }
-            if u.max_concurrency == Some(0) {
-                return Err(ConfigError::invalid(
-                    "upstream.max_concurrency",
-                    "upstream.max_concurrency must be at least 1",
-                ));
-            }
-            if u.min_successful_candidates == Some(0) {
-                return Err(ConfigError::invalid(
-                    "upstream.min_successful_candidates",
-                    "upstream.min_successful_candidates must be at least 1",
-                ));
-            }
+            limits::check_upstream(u, max)?;
+        }
+        if let Some(server) = &self.server {
+            limits::check_server(server)?;
         }
         Ok(())
     }
@@ -237,5 +204,36 @@ mod tests {
                 .param(),
             Some("rm_name")
         );
+    }
+
+    #[test]
+    fn rejects_unbounded_timeouts_with_their_param() {
+        for field in [
+            "connect_timeout_secs",
+            "call_timeout_secs",
+            "request_timeout_secs",
+        ] {
+            for v in ["1e20", "-1", "0"] {
+                let e = cfg(&format!(r#"{{"model":"m","upstream":{{"{field}":{v}}}}}"#))
+                    .validate()
+                    .unwrap_err();
+                assert_eq!(
+                    e.param(),
+                    Some(format!("upstream.{field}").as_str()),
+                    "{field}={v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_budget_default_is_16_and_1000_still_allowed_explicitly() {
+        let c = cfg(r#"{"model":"m"}"#);
+        assert_eq!(c.max_budget(), 16);
+        cfg(r#"{"model":"m","max_budget":1000,"budget":1000}"#)
+            .validate()
+            .unwrap();
+        let e = cfg(r#"{"model":"m","budget":17}"#).validate().unwrap_err();
+        assert_eq!(e.param(), Some("budget"));
     }
 }
