@@ -107,8 +107,8 @@ use self::settings::{
 };
 use self::signing::{SIGNING_NAME, sign_headers};
 use super::{
-    BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy, UpstreamError,
-    read_error, redact, send_with_retries, transport_error,
+    BoxFuture, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError, RetryPolicy,
+    UpstreamError, post_json, redact, send_with_retries,
 };
 use crate::config::{LiveSecret, SecretValue};
 
@@ -205,19 +205,14 @@ impl BedrockProvider {
     }
 
     async fn send_once(&self, body: &Bytes) -> Result<Completion, UpstreamError> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .timeout(self.call_timeout)
-            .body(body.clone());
         // Secrets used for this attempt, to scrub from any error message the upstream returns.
         let mut secrets: Vec<String> = Vec::new();
-        match &self.auth {
+        let bearer;
+        let auth = match &self.auth {
             Auth::Bearer(key) => {
-                let key = key.get();
-                req = req.bearer_auth(&*key);
-                secrets.push(key.to_string());
+                bearer = key.get();
+                secrets.push(bearer.to_string());
+                PostAuth::Bearer(&bearer)
             }
             Auth::Keys { .. } | Auth::Chain(_) => {
                 let creds = self.credentials().await?;
@@ -231,35 +226,32 @@ impl BedrockProvider {
                     SIGNING_NAME,
                     SystemTime::now(),
                 )
-                .map_err(|e| UpstreamError::Transport(format!("cannot sign the request: {e}")))?;
-                for (name, value) in headers {
-                    req = req.header(name, value);
-                }
+                .map_err(UpstreamError::Signing)?;
                 secrets.push(creds.secret_access_key().to_owned());
                 secrets.extend(creds.session_token().map(str::to_owned));
+                PostAuth::Headers(headers)
             }
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.call_timeout))?;
-        if !resp.status().is_success() {
-            let e = read_error(resp).await;
-            let error_type = e
-                .headers
-                .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok());
-            let (status, message) = aws_error(e.status, error_type, &e.body);
-            return Err(UpstreamError::Status {
-                status,
-                message: redact(message, secrets.iter().map(String::as_str)),
-                retry_after: e.retry_after,
-            });
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(e, self.call_timeout))?;
+        };
+        let bytes = post_json(
+            &self.client,
+            &self.url,
+            body,
+            self.call_timeout,
+            auth,
+            |e| {
+                let error_type = e
+                    .headers
+                    .get("x-amzn-errortype")
+                    .and_then(|v| v.to_str().ok());
+                let (status, message) = aws_error(e.status, error_type, &e.body);
+                UpstreamError::Status {
+                    status,
+                    message: redact(message, secrets.iter().map(String::as_str)),
+                    retry_after: e.retry_after,
+                }
+            },
+        )
+        .await?;
         parse_converse_response(&bytes)
     }
 
