@@ -8,7 +8,6 @@ mod http;
 pub mod openai;
 mod redact;
 mod retry;
-pub mod routing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+
+use crate::config::ProviderKind;
 
 pub use http::{ErrorResponse, PostAuth, post_json, root_cause, transport_error};
 pub use redact::redact;
@@ -27,8 +28,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What an algorithm asks of an upstream: one chat completion per call.
 pub trait ChatProvider: Send + Sync + 'static {
-    /// Provider family for metrics and logs (`openai`, `openai-compatible`, `bedrock`).
-    fn kind(&self) -> &'static str;
+    /// Provider family for metrics and logs (its `as_str()`: `openai`, `openai-compatible`,
+    /// `bedrock`).
+    fn kind(&self) -> ProviderKind;
     /// Upstream model name (prefix stripped), also the metrics label.
     fn model(&self) -> &str;
     /// Builds the upstream request once. `body` is an OpenAI chat request without the

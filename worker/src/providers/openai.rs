@@ -11,10 +11,10 @@ use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError,
     RetryPolicy, UpstreamError, Usage, post_json, redact, send_with_retries,
 };
-use crate::config::LiveSecret;
+use crate::config::{LiveSecret, ProviderKind};
 
 pub struct OpenAiProvider {
-    kind: &'static str,
+    kind: ProviderKind,
     url: String,
     model: String,
     api_key: Option<Arc<LiveSecret>>,
@@ -26,7 +26,7 @@ pub struct OpenAiProvider {
 
 /// Everything needed to build an [`OpenAiProvider`].
 pub struct OpenAiSettings {
-    pub kind: &'static str,
+    pub kind: ProviderKind,
     pub base_url: String,
     pub model: String,
     pub api_key: Option<Arc<LiveSecret>>,
@@ -71,7 +71,7 @@ impl OpenAiProvider {
 }
 
 impl ChatProvider for OpenAiProvider {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> ProviderKind {
         self.kind
     }
 
@@ -87,7 +87,7 @@ impl ChatProvider for OpenAiProvider {
         body.insert("model".to_owned(), Value::String(self.model.clone()));
         // OpenAI deprecated `max_tokens` and its reasoning models refuse it, while
         // `max_completion_tokens` works on every chat model; other servers get what was sent.
-        if self.kind == "openai"
+        if self.kind == ProviderKind::Openai
             && !body.contains_key("max_completion_tokens")
             && let Some(v) = body.remove("max_tokens")
         {

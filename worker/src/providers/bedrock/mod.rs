@@ -102,15 +102,14 @@ use self::converse::{parse_converse_response, to_converse};
 use self::credentials::CachedChain;
 use self::error::aws_error;
 pub use self::settings::AwsEnv;
-use self::settings::{
-    AuthPlan, converse_url, parse_args, plan_auth, resolve_endpoint, resolve_region,
-};
+use self::settings::{AuthPlan, converse_url, plan_auth, resolve_endpoint, resolve_region};
 use self::signing::{SIGNING_NAME, sign_headers};
 use super::{
     BoxFuture, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError, RetryPolicy,
     UpstreamError, post_json, redact, send_with_retries,
 };
-use crate::config::{LiveSecret, SecretValue};
+use crate::config::bedrock::{BedrockConfigError, check_bedrock_config};
+use crate::config::{LiveSecret, ProviderKind, SecretValue};
 
 /// Everything needed to build a [`BedrockProvider`].
 pub struct BedrockSettings<'a> {
@@ -124,9 +123,6 @@ pub struct BedrockSettings<'a> {
     pub call_timeout: Duration,
     pub limit: Arc<Semaphore>,
 }
-
-/// A configuration problem: the offending configuration field and a message.
-pub type BuildError = (&'static str, String);
 
 pub struct BedrockProvider {
     model_id: String,
@@ -155,24 +151,13 @@ enum Auth {
 }
 
 impl BedrockProvider {
-    pub fn build(s: BedrockSettings<'_>) -> Result<Self, BuildError> {
-        let model_id = s.model_id.trim();
-        if model_id.is_empty() {
-            return Err(("model", "the Bedrock model id is empty".into()));
-        }
-        if model_id.starts_with("invoke/") {
-            return Err((
-                "model",
-                "bedrock/invoke/… (InvokeModel) is not supported; this worker calls Converse: \
-                 use bedrock/<model-id> or bedrock/converse/<model-id>"
-                    .into(),
-            ));
-        }
-        let args = parse_args(s.extra_args).map_err(|m| ("extra_args", m))?;
-        let region = resolve_region(&args, &s.env).map_err(|m| ("extra_args", m))?;
-        let endpoint = resolve_endpoint(&args, &s.env, &region).map_err(|m| ("extra_args", m))?;
-        let plan = plan_auth(args, s.api_key.is_some(), &s.env).map_err(|m| ("extra_args", m))?;
-        let live = |v: SecretValue| LiveSecret::new(v).map_err(|e| ("extra_args", e.to_string()));
+    pub fn build(s: BedrockSettings<'_>) -> Result<Self, BedrockConfigError> {
+        // The same checks `WorkerConfig::validate` runs, then what depends on the environment.
+        let (model_id, args) = check_bedrock_config(s.model_id, s.extra_args)?;
+        let region = resolve_region(&args, &s.env)?;
+        let endpoint = resolve_endpoint(&args, &s.env, &region)?;
+        let plan = plan_auth(args, s.api_key.is_some(), &s.env)?;
+        let live = |v: SecretValue| LiveSecret::new(v).map_err(BedrockConfigError::Secret);
         let auth = match plan {
             AuthPlan::Keys {
                 access_key_id,
@@ -183,13 +168,13 @@ impl BedrockProvider {
                 secret_access_key: live(secret_access_key)?,
                 session_token: session_token.map(live).transpose()?,
             },
-            AuthPlan::ApiKey => match s.api_key {
-                Some(k) => Auth::Bearer(k),
-                None => return Err(("api_key", "no Bedrock API key".into())),
-            },
-            AuthPlan::EnvBearer => Auth::Bearer(Arc::new(live(SecretValue::Env {
-                env: "AWS_BEARER_TOKEN_BEDROCK".into(),
-            })?)),
+            // The configured key when there is one (that is the ApiKey plan), else the variable.
+            AuthPlan::ApiKey | AuthPlan::EnvBearer => Auth::Bearer(match s.api_key {
+                Some(k) => k,
+                None => Arc::new(live(SecretValue::Env {
+                    env: "AWS_BEARER_TOKEN_BEDROCK".into(),
+                })?),
+            }),
             AuthPlan::Chain => Auth::Chain(CachedChain::new(&region)),
         };
         Ok(Self {
@@ -281,8 +266,8 @@ impl BedrockProvider {
 }
 
 impl ChatProvider for BedrockProvider {
-    fn kind(&self) -> &'static str {
-        "bedrock"
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Bedrock
     }
 
     fn model(&self) -> &str {

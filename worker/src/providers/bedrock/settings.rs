@@ -1,23 +1,14 @@
 //! Where Bedrock calls go and how they authenticate, resolved from `extra_args` and the AWS
 //! environment before any secret is read.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use crate::config::SecretValue;
+use crate::config::bedrock::{
+    AwsArgs, BedrockConfigError, check_endpoint, check_key_pair, check_region,
+};
 
 const DEFAULT_REGION: &str = "us-east-1";
-/// `extra_args` keys this provider reads; other `aws_*` keys are refused rather than ignored.
-const SUPPORTED_AWS_ARGS: &[&str] = &[
-    "aws_access_key_id",
-    "aws_secret_access_key",
-    "aws_session_token",
-    "aws_region_name",
-    "aws_bedrock_runtime_endpoint",
-];
-
 /// The AWS-related environment, read once per configuration so resolution stays testable.
 #[derive(Debug, Clone, Default)]
 pub struct AwsEnv {
@@ -45,60 +36,6 @@ impl AwsEnv {
     }
 }
 
-/// The `extra_args` this provider understands, parsed.
-#[derive(Debug, Default)]
-pub(super) struct AwsArgs {
-    access_key_id: Option<SecretValue>,
-    secret_access_key: Option<SecretValue>,
-    session_token: Option<SecretValue>,
-    region: Option<String>,
-    endpoint: Option<String>,
-}
-
-pub(super) fn parse_args(extra: Option<&BTreeMap<String, Value>>) -> Result<AwsArgs, String> {
-    let mut args = AwsArgs::default();
-    let Some(extra) = extra else {
-        return Ok(args);
-    };
-    for (key, value) in extra {
-        if !key.starts_with("aws_") {
-            continue; // Other providers' options; not ours to judge.
-        }
-        if !SUPPORTED_AWS_ARGS.contains(&key.as_str()) {
-            return Err(format!(
-                "extra_args.{key} is not supported for Bedrock; supported: {}",
-                SUPPORTED_AWS_ARGS.join(", ")
-            ));
-        }
-        if value.is_null() {
-            continue;
-        }
-        let secret = || -> Result<Option<SecretValue>, String> {
-            let v: SecretValue = serde_json::from_value(value.clone()).map_err(|_| {
-                format!(
-                    "extra_args.{key} must be a string, {{\"file\": path}} or {{\"env\": NAME}}"
-                )
-            })?;
-            Ok((!v.is_empty_inline()).then_some(v))
-        };
-        let plain = || -> Result<Option<String>, String> {
-            match value {
-                Value::String(s) if s.trim().is_empty() => Ok(None),
-                Value::String(s) => Ok(Some(s.trim().to_owned())),
-                _ => Err(format!("extra_args.{key} must be a string")),
-            }
-        };
-        match key.as_str() {
-            "aws_access_key_id" => args.access_key_id = secret()?,
-            "aws_secret_access_key" => args.secret_access_key = secret()?,
-            "aws_session_token" => args.session_token = secret()?,
-            "aws_region_name" => args.region = plain()?,
-            _ => args.endpoint = plain()?,
-        }
-    }
-    Ok(args)
-}
-
 /// Which credentials a configuration uses, before any secret is read.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum AuthPlan {
@@ -112,27 +49,20 @@ pub(super) enum AuthPlan {
     Chain,
 }
 
-pub(super) fn plan_auth(args: AwsArgs, api_key: bool, env: &AwsEnv) -> Result<AuthPlan, String> {
-    match (args.access_key_id, args.secret_access_key) {
-        (Some(access_key_id), Some(secret_access_key)) => {
-            return Ok(AuthPlan::Keys {
-                access_key_id,
-                secret_access_key,
-                session_token: args.session_token,
-            });
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(
-                "extra_args needs both aws_access_key_id and aws_secret_access_key, or neither"
-                    .into(),
-            );
-        }
-        (None, None) => {}
-    }
-    if args.session_token.is_some() {
-        return Err(
-            "extra_args.aws_session_token needs aws_access_key_id and aws_secret_access_key".into(),
-        );
+pub(super) fn plan_auth(
+    args: AwsArgs,
+    api_key: bool,
+    env: &AwsEnv,
+) -> Result<AuthPlan, BedrockConfigError> {
+    check_key_pair(&args)?;
+    if let (Some(access_key_id), Some(secret_access_key)) =
+        (args.access_key_id, args.secret_access_key)
+    {
+        return Ok(AuthPlan::Keys {
+            access_key_id,
+            secret_access_key,
+            session_token: args.session_token,
+        });
     }
     if api_key {
         Ok(AuthPlan::ApiKey)
@@ -141,53 +71,37 @@ pub(super) fn plan_auth(args: AwsArgs, api_key: bool, env: &AwsEnv) -> Result<Au
     } else if env.access_keys || env.web_identity || env.container {
         Ok(AuthPlan::Chain)
     } else {
-        Err("no AWS credentials for Bedrock: set extra_args.aws_access_key_id and \
-             aws_secret_access_key (inline, {\"file\": …} or {\"env\": …}), or provide \
-             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, web identity (AWS_WEB_IDENTITY_TOKEN_FILE + \
-             AWS_ROLE_ARN) or container credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI) to the worker"
-            .into())
+        Err(BedrockConfigError::NoCredentials)
     }
 }
 
-pub(super) fn resolve_region(args: &AwsArgs, env: &AwsEnv) -> Result<String, String> {
+pub(super) fn resolve_region(args: &AwsArgs, env: &AwsEnv) -> Result<String, BedrockConfigError> {
     let region = args
         .region
         .clone()
         .or_else(|| env.region.clone())
         .unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    // The region goes into a host name and the signing scope; keep it to what AWS uses.
-    if region
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Ok(region)
-    } else {
-        Err(format!("{region:?} is not an AWS region name"))
-    }
+    check_region(&region)?;
+    Ok(region)
 }
 
 pub(super) fn resolve_endpoint(
     args: &AwsArgs,
     env: &AwsEnv,
     region: &str,
-) -> Result<String, String> {
+) -> Result<String, BedrockConfigError> {
     let endpoint = args
         .endpoint
         .clone()
         .or_else(|| env.endpoint.clone())
         .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
-    let url = reqwest::Url::parse(&endpoint)
-        .map_err(|e| format!("Bedrock endpoint {endpoint:?} is not a URL ({e})"))?;
-    // The signer needs a host, and only plain HTTP(S) endpoints make sense here.
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "Bedrock endpoint {endpoint:?} must be an http(s) URL with a host"
-        ));
-    }
-    if url.query().is_some() {
-        return Err(format!(
-            "Bedrock endpoint {endpoint:?} must not have a query string"
-        ));
+    check_endpoint(&endpoint)?;
+    // The configuration's shape check above is pure; the URL parser has the last word.
+    if reqwest::Url::parse(&endpoint).is_err() {
+        return Err(BedrockConfigError::BadEndpoint {
+            endpoint,
+            problem: "is not a URL",
+        });
     }
     Ok(endpoint.trim_end_matches('/').to_owned())
 }
@@ -216,12 +130,14 @@ pub(super) fn encode_path_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::config::bedrock::parse_aws_args;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
     const MODEL: &str = "us.anthropic.claude-3-7-sonnet-20250219-v1:0";
 
     fn args(v: Value) -> Result<AwsArgs, String> {
         let map: BTreeMap<String, Value> = serde_json::from_value(v).unwrap();
-        parse_args(Some(&map))
+        parse_aws_args(Some(&map)).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -269,10 +185,15 @@ mod tests {
         };
         assert_eq!(plan_auth(none(), false, &pod), Ok(AuthPlan::Chain));
         let e = plan_auth(none(), false, &AwsEnv::default()).unwrap_err();
-        assert!(e.contains("no AWS credentials"), "{e}");
+        assert!(e.to_string().contains("no AWS credentials"), "{e}");
 
         let half = args(json!({"aws_access_key_id": "AKID"})).unwrap();
-        assert!(plan_auth(half, false, &env).unwrap_err().contains("both"));
+        assert!(
+            plan_auth(half, false, &env)
+                .unwrap_err()
+                .to_string()
+                .contains("both")
+        );
         let token_only = args(json!({"aws_session_token": "t"})).unwrap();
         assert!(plan_auth(token_only, false, &env).is_err());
         assert!(
