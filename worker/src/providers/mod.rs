@@ -8,6 +8,8 @@ mod http;
 pub mod openai;
 mod redact;
 mod retry;
+#[cfg(test)]
+mod strategies;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -230,4 +230,16 @@ mod tests {
             ));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_completion_bodies_never_panic(
+            value in crate::providers::strategies::json_value(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let _ = parse_completion(&serde_json::to_vec(&value).unwrap());
+            let _ = parse_completion(&bytes);
+            let _ = error_message(&bytes);
+        }
+    }
 }

@@ -135,4 +135,12 @@ mod tests {
         );
         assert!(out.ends_with("… (truncated)"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn scrubbing_never_panics_and_caps_the_length(text in "\\PC{0,2000}") {
+            let out = scrub(&text);
+            proptest::prop_assert!(out.chars().count() <= MAX_MESSAGE_CHARS + 16);
+        }
+    }
 }

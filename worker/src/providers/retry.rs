@@ -166,4 +166,22 @@ mod tests {
         assert_eq!(at("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
         assert_eq!(at("Wed, 32 Oct 2015 07:28:00 GMT"), None);
     }
+
+    proptest::proptest! {
+        /// Whatever an upstream puts in `Retry-After`, parsing neither panics nor exceeds the cap.
+        #[test]
+        fn any_retry_after_is_bounded(
+            text in "\\PC{0,40}",
+            secs in proptest::prelude::any::<f64>(),
+            digits in "[0-9]{1,60}",
+            year in 1u32..100_000,
+        ) {
+            let date = format!("Fri, 31 Dec {year} 23:59:59 GMT");
+            for v in [text, secs.to_string(), format!("{secs:e}"), digits, date] {
+                if let Some(d) = parse_retry_after(Some(&v)) {
+                    proptest::prop_assert!(d <= MAX_RETRY_AFTER, "{v:?} gave {d:?}");
+                }
+            }
+        }
+    }
 }

@@ -626,4 +626,56 @@ mod tests {
             {"type": "text", "text": "a"}, {"type": "input_audio", "input_audio": {}}]}]}));
         assert!(e.contains("content[1]") && e.contains("input_audio"), "{e}");
     }
+
+    proptest::proptest! {
+        /// Any OpenAI-shaped body translates or is refused with a message, never a panic; what
+        /// translates is a conversation Converse accepts: user first, roles alternating, no
+        /// empty turn.
+        #[test]
+        fn any_chat_body_translates_to_a_valid_conversation_or_an_error(
+            body in crate::providers::strategies::chat_body()
+        ) {
+            if let Ok(out) = to_converse(&body) {
+                let turns = out["messages"].as_array().expect("messages is an array");
+                proptest::prop_assert!(!turns.is_empty());
+                proptest::prop_assert_eq!(&turns[0]["role"], "user");
+                for pair in turns.windows(2) {
+                    proptest::prop_assert_ne!(&pair[0]["role"], &pair[1]["role"]);
+                }
+                for t in turns {
+                    proptest::prop_assert!(!t["content"].as_array().expect("content").is_empty());
+                }
+            }
+        }
+
+        /// Real conversations translate unless they hold no user or assistant content at all,
+        /// into strictly alternating turns that start with the user.
+        #[test]
+        fn plain_conversations_translate_into_alternating_turns(
+            body in crate::providers::strategies::plain_conversation()
+        ) {
+            let has_content = body["messages"].as_array().unwrap().iter().any(|m| {
+                m["role"] != "system" && m["role"] != "developer"
+                    && (m["content"].as_str().is_none_or(|t| !t.trim().is_empty()))
+            });
+            match to_converse(&body) {
+                Ok(out) => {
+                    let turns = out["messages"].as_array().unwrap();
+                    proptest::prop_assert_eq!(&turns[0]["role"], "user");
+                    for pair in turns.windows(2) {
+                        proptest::prop_assert_ne!(&pair[0]["role"], &pair[1]["role"]);
+                    }
+                }
+                Err(e) => proptest::prop_assert!(!has_content, "refused: {e}"),
+            }
+        }
+
+        #[test]
+        fn any_json_object_is_translated_or_refused(
+            body in proptest::collection::btree_map(
+                "[a-z_]{1,12}", crate::providers::strategies::json_value(), 0..8)
+        ) {
+            let _ = to_converse(&body.into_iter().collect());
+        }
+    }
 }

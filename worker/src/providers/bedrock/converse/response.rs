@@ -167,4 +167,35 @@ mod tests {
             assert_eq!(finish_reason(stop), finish, "{stop}");
         }
     }
+
+    proptest::proptest! {
+        /// Any Converse-shaped body gives one assistant candidate with an OpenAI finish reason,
+        /// or a Malformed error; never a panic.
+        #[test]
+        fn any_converse_body_parses_to_one_candidate_or_malformed(
+            body in crate::providers::strategies::converse_body()
+        ) {
+            match parse_converse_response(&serde_json::to_vec(&body).unwrap()) {
+                Ok(c) => {
+                    proptest::prop_assert_eq!(c.candidates.len(), 1);
+                    let cand = &c.candidates[0];
+                    proptest::prop_assert_eq!(&cand.message["role"], "assistant");
+                    let finish = cand.finish_reason.as_deref().unwrap_or("");
+                    proptest::prop_assert!(
+                        ["stop", "tool_calls", "length", "content_filter"].contains(&finish)
+                    );
+                }
+                Err(e) => proptest::prop_assert!(matches!(e, UpstreamError::Malformed(_))),
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_and_json_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            value in crate::providers::strategies::json_value(),
+        ) {
+            let _ = parse_converse_response(&bytes);
+            let _ = parse_converse_response(&serde_json::to_vec(&value).unwrap());
+        }
+    }
 }
