@@ -107,3 +107,118 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
     cur.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::http::{HeaderMap, HeaderValue, StatusCode};
+    use serde_json::{Map, json};
+    use tokio::sync::Semaphore;
+
+    use crate::config::{LiveSecret, ProviderKind, SecretValue};
+    use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
+    use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
+    use crate::providers::{ChatProvider, RetryPolicy, UpstreamError};
+
+    /// Serves one canned failure on 127.0.0.1 for every request; returns the base URL.
+    async fn failing_upstream(
+        status: StatusCode,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static str,
+    ) -> String {
+        let app = axum::Router::new().fallback(move || async move {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            (status, h, body)
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    fn no_retries() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn body() -> Map<String, serde_json::Value> {
+        json!({"messages": [{"role": "user", "content": "hi"}]})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn an_absurd_retry_after_is_capped_and_the_key_scrubbed() {
+        let url = failing_upstream(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[("retry-after", "1e20")],
+            r#"{"error":{"message":"Rate limit for key sk-live-0123456789 reached","type":"requests"}}"#,
+        )
+        .await;
+        let provider = OpenAiProvider::new(OpenAiSettings {
+            kind: ProviderKind::OpenaiCompatible,
+            base_url: url,
+            model: "m".into(),
+            api_key: Some(Arc::new(
+                LiveSecret::new(SecretValue::Inline("sk-live-0123456789".into())).unwrap(),
+            )),
+            client: reqwest::Client::new(),
+            retry: no_retries(),
+            call_timeout: Duration::from_secs(5),
+            limit: Arc::new(Semaphore::new(4)),
+        });
+        let call = provider.prepare(body()).unwrap();
+        let err = provider.send(&call).await.unwrap_err();
+        let UpstreamError::Status {
+            status,
+            message,
+            retry_after,
+        } = err
+        else {
+            panic!("expected a status error, got {err:?}")
+        };
+        assert_eq!(status, 429);
+        assert_eq!(retry_after, Some(Duration::from_secs(30)));
+        assert_eq!(message, "Rate limit for key [redacted] reached");
+    }
+
+    #[tokio::test]
+    async fn bedrock_access_denied_reaches_the_client_without_account_or_role() {
+        let url = failing_upstream(
+            StatusCode::FORBIDDEN,
+            &[("x-amzn-errortype", "AccessDeniedException:http://internal.amazon.com/coral/")],
+            r#"{"message":"User: arn:aws:sts::123456789012:assumed-role/inferscale/i-0abc is not authorized to perform: bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude"}"#,
+        )
+        .await;
+        let extra = json!({"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": "s3cret",
+                           "aws_bedrock_runtime_endpoint": url});
+        let extra = serde_json::from_value(extra).unwrap();
+        let provider = BedrockProvider::build(BedrockSettings {
+            model_id: "us.anthropic.claude",
+            extra_args: Some(&extra),
+            api_key: None,
+            env: AwsEnv::default(),
+            client: reqwest::Client::new(),
+            retry: no_retries(),
+            call_timeout: Duration::from_secs(5),
+            limit: Arc::new(Semaphore::new(4)),
+        })
+        .unwrap();
+        let call = provider.prepare(body()).unwrap();
+        let err = provider.send(&call).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "the upstream answered 403: AccessDeniedException: User: [arn] is not authorized to \
+             perform: bedrock:InvokeModel on resource: [arn]"
+        );
+    }
+}

@@ -255,4 +255,16 @@ mod tests {
         );
         assert_eq!(c.text, "a b");
     }
+
+    #[test]
+    fn a_signing_failure_is_not_retried() {
+        let e = UpstreamError::Signing("invalid header value".into());
+        assert!(!e.is_retryable());
+        assert_eq!(e.status_label(), "signing_error");
+        assert_eq!(
+            e.to_string(),
+            "cannot sign the request: invalid header value"
+        );
+        assert!(UpstreamError::Transport("reset".into()).is_retryable());
+    }
 }
