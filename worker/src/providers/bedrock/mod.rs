@@ -60,8 +60,9 @@
 //!   model id is percent-encoded once in the URL (`:` → `%3A`); the signer encodes the canonical
 //!   path a second time (`%253A`), as SigV4 requires for every service but S3.
 //! - Error bodies are Bedrock's `{"message"}` plus the `x-amzn-errortype` header; throttling and
-//!   5xx are retried like the OpenAI provider does. Secrets are redacted from upstream messages and
-//!   never logged.
+//!   5xx are retried like the OpenAI provider does; a request that cannot be signed is not retried.
+//!   Secrets, account ids, ARNs and key ids are scrubbed from upstream messages (see
+//!   `providers/redact.rs`) and never logged.
 //!
 //! # Crates and their build cost
 //!
