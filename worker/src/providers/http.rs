@@ -187,7 +187,7 @@ mod tests {
         };
         assert_eq!(status, 429);
         assert_eq!(retry_after, Some(Duration::from_secs(30)));
-        assert_eq!(message, "Rate limit for key [redacted] reached");
+        assert_eq!(message, "requests: Rate limit for key [redacted] reached");
     }
 
     #[tokio::test]

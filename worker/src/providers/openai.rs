@@ -61,7 +61,7 @@ impl OpenAiProvider {
             auth,
             |e| UpstreamError::Status {
                 status: e.status,
-                message: redact(error_message(&e.body), key.as_deref()),
+                message: redact(typed_error_message(&e.body), key.as_deref()),
                 retry_after: e.retry_after,
             },
         )
@@ -155,6 +155,22 @@ fn parse_usage(v: &Value) -> Usage {
     }
 }
 
+/// What a client is told of an upstream error: `{error.type}: {message}` (like Bedrock's
+/// `{Type}: {message}`), or the message alone when the body names no type.
+fn typed_error_message(body: &[u8]) -> String {
+    let message = error_message(body);
+    let kind = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.pointer("/error/type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_owned)
+    });
+    match kind {
+        Some(kind) => format!("{kind}: {message}"),
+        None => message,
+    }
+}
+
 /// The `error.message` of an OpenAI-style error body, or the body text itself.
 fn error_message(body: &[u8]) -> String {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
@@ -188,6 +204,21 @@ mod tests {
         );
         assert_eq!(error_message(b"upstream exploded"), "upstream exploded");
         assert_eq!(error_message(b""), "(empty body)");
+    }
+
+    #[test]
+    fn error_type_is_kept_in_front_of_the_message() {
+        assert_eq!(
+            typed_error_message(
+                br#"{"error":{"message":"Rate limit","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+            ),
+            "requests: Rate limit"
+        );
+        assert_eq!(
+            typed_error_message(br#"{"detail":"Not Found"}"#),
+            "Not Found"
+        );
+        assert_eq!(typed_error_message(b"<html>502</html>"), "<html>502</html>");
     }
 
     #[test]
