@@ -90,17 +90,11 @@ impl Runtime {
 
         // `resolve_routes` refused `candidates_per_call > 1` for upstreams without `n`.
         let candidates_per_call = upstream.candidates_per_call.unwrap_or(1);
-        let judge = match &routes.judge {
-            Some(judge_route) => Some(build_judge(
-                cfg,
-                judge_route,
-                &client,
-                &upstream,
-                env,
-                metrics,
-            )?),
-            None => None,
-        };
+        let judge = routes
+            .judge
+            .as_ref()
+            .map(|judge_route| build_judge(cfg, judge_route, &client, &upstream, env, metrics))
+            .transpose()?;
         let vote = VoteSettings::new(
             cfg.tool_vote,
             cfg.exclude_args.clone(),
