@@ -93,7 +93,7 @@ async fn timed_call(
         elapsed.as_secs_f64(),
     );
     if let Err(e) = &result {
-        tracing::warn!(provider = provider.kind(), model = provider.model(), error = %e, "upstream call failed");
+        tracing::warn!(provider = provider.kind().as_str(), model = provider.model(), error = %e, "upstream call failed");
     }
     CallResult { result, elapsed }
 }

@@ -155,6 +155,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::ProviderKind;
     use crate::providers::{BoxFuture, Completion, UpstreamError};
 
     const POLICY: BudgetPolicy = BudgetPolicy {
@@ -227,8 +228,8 @@ mod tests {
     }
 
     impl ChatProvider for Preparer {
-        fn kind(&self) -> &'static str {
-            "test"
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::OpenaiCompatible
         }
         fn model(&self) -> &str {
             "m"

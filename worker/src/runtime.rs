@@ -10,20 +10,20 @@ use tokio::sync::Semaphore;
 
 use crate::algorithms::AlgorithmInputs;
 use crate::algorithms::vote::VoteSettings;
+use crate::config::bedrock::BedrockField;
 use crate::config::limits::{
     DEFAULT_CALL_TIMEOUT_SECS, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_JUDGE_MAX_TOKENS,
     DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MIN_SUCCESSFUL_CANDIDATES,
     DEFAULT_REQUEST_TIMEOUT_SECS,
 };
+use crate::config::routing::{OPENAI_DEFAULT_BASE, Route, resolve_routes};
 use crate::config::{
-    AlgorithmName, ConfigError, JudgeMode, LiveSecret, ProviderKind, SecretValue, UpstreamSettings,
-    WorkerConfig,
+    AlgorithmName, ConfigError, JudgeMode, LiveSecret, SecretValue, UpstreamSettings, WorkerConfig,
 };
 use crate::judge::Judge;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
 use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
-use crate::providers::routing::{OPENAI_DEFAULT_BASE, Route, route};
 use crate::providers::{RetryPolicy, SharedProvider};
 
 pub struct Runtime {
@@ -78,45 +78,37 @@ impl Runtime {
         let client = http_client(&upstream)?;
         let limit = upstream_limit(&upstream);
 
-        let main_route = route(
-            cfg.provider,
-            &cfg.endpoint,
-            &cfg.model,
-            env.openai_base_url.as_deref(),
-        )
-        .map_err(|m| err("model", m))?;
+        // The same resolution and checks `WorkerConfig::validate` ran (and the operator runs).
+        let routes = resolve_routes(cfg, env.openai_base_url.as_deref())?;
+        let main_route = routes.main;
         let provider = build_provider(
             &main_route,
             key_for(&main_route, cfg.api_key.as_ref(), env),
-            "api_key",
+            ("model", "api_key"),
             cfg.extra_args.as_ref(),
             &client,
             &upstream,
             limit.clone(),
         )?;
 
+        // `resolve_routes` refused `candidates_per_call > 1` for upstreams without `n`.
         let candidates_per_call = upstream.candidates_per_call.unwrap_or(1);
-        if candidates_per_call > 1 && !provider.supports_n() {
-            return Err(err(
-                "upstream.candidates_per_call",
-                format!(
-                    "{} does not return several candidates per call; leave upstream.candidates_per_call at 1",
-                    provider.kind()
-                ),
-            ));
-        }
-        let judge = match cfg.alg {
-            AlgorithmName::BestOfN => Some(build_judge(
-                cfg,
-                &main_route,
-                &client,
-                &upstream,
-                &limit,
-                env,
-                metrics,
-            )?),
-            AlgorithmName::SelfConsistency => None,
-        };
+        let judge = routes
+            .judge
+            .as_ref()
+            .map(|judge_route| {
+                build_judge(
+                    cfg,
+                    &main_route,
+                    judge_route,
+                    &client,
+                    &upstream,
+                    &limit,
+                    env,
+                    metrics,
+                )
+            })
+            .transpose()?;
         let vote = VoteSettings::new(
             cfg.tool_vote,
             cfg.exclude_args.clone(),
@@ -124,7 +116,7 @@ impl Runtime {
         )
         .map_err(|e| err("regex_patterns", e.to_string()))?;
         let candidate_metrics =
-            Arc::new(metrics.upstream(provider.kind(), provider.model(), "candidate"));
+            Arc::new(metrics.upstream(provider.kind().as_str(), provider.model(), "candidate"));
         Ok(Self {
             model: cfg.model.clone(),
             algorithm: cfg.alg,
@@ -298,7 +290,7 @@ fn judge_key(
 fn build_provider(
     route: &Route,
     key: Option<SecretValue>,
-    key_param: &'static str,
+    (model_param, key_param): (&'static str, &'static str),
     extra_args: Option<&BTreeMap<String, serde_json::Value>>,
     client: &reqwest::Client,
     upstream: &UpstreamSettings,
@@ -342,9 +334,12 @@ fn build_provider(
             limit,
         })
         .map(|p| Arc::new(p) as SharedProvider)
-        .map_err(|(param, message)| {
-            // A problem with the Bedrock API key is reported against the key's own field.
-            err(if param == "api_key" { key_param } else { param }, message)
+        .map_err(|e| {
+            let param = match e.field() {
+                BedrockField::ModelId => model_param,
+                BedrockField::ExtraArgs => "extra_args",
+            };
+            err(param, e.to_string())
         }),
     }
 }
@@ -371,49 +366,34 @@ fn aws_env_for(extra_args: Option<&BTreeMap<String, serde_json::Value>>, env: Aw
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_judge(
     cfg: &WorkerConfig,
     main_route: &Route,
+    judge_route: &Route,
     client: &reqwest::Client,
     upstream: &UpstreamSettings,
     main_limit: &Arc<Semaphore>,
     env: &Env,
     metrics: &Metrics,
 ) -> Result<Judge, ConfigError> {
-    let judge_model = cfg.judge_model.as_deref().unwrap_or(&cfg.model);
-    let endpoint = cfg.judge_base_url.as_deref().unwrap_or("auto");
-    // A judge without its own endpoint or provider goes where the candidates go.
-    let (provider_kind, endpoint) = match (cfg.judge_provider, endpoint) {
-        (None, "auto") if !matches!(main_route, Route::OpenAi { .. }) => (
-            cfg.provider.or(Some(ProviderKind::Litellm)),
-            cfg.endpoint.as_str(),
-        ),
-        (p, e) => (p, e),
-    };
-    let judge_route = route(
-        provider_kind,
-        endpoint,
-        judge_model,
-        env.openai_base_url.as_deref(),
-    )
-    .map_err(|m| err("judge_model", m))?;
-    let key = judge_key(cfg, main_route, &judge_route, env);
+    let key = judge_key(cfg, main_route, judge_route, env);
     // Judge calls to the candidates' upstream count against the same limit as candidate calls.
-    let limit = if same_upstream(main_route, &judge_route) {
+    let limit = if same_upstream(main_route, judge_route) {
         main_limit.clone()
     } else {
         upstream_limit(upstream)
     };
     let provider = build_provider(
-        &judge_route,
+        judge_route,
         key,
-        "judge_api_key",
+        ("judge_model", "judge_api_key"),
         cfg.extra_args.as_ref(),
         client,
         upstream,
         limit,
     )?;
-    let metrics = Arc::new(metrics.upstream(provider.kind(), provider.model(), "judge"));
+    let metrics = Arc::new(metrics.upstream(provider.kind().as_str(), provider.model(), "judge"));
     Ok(Judge {
         provider,
         metrics,

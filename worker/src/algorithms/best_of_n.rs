@@ -142,6 +142,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::ProviderKind;
     use crate::judge::JudgeFailureKind;
     use crate::providers::{
         BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, UpstreamError,
@@ -176,8 +177,8 @@ mod tests {
     struct FakeJudge(fn(&str) -> Result<String, UpstreamError>);
 
     impl ChatProvider for FakeJudge {
-        fn kind(&self) -> &'static str {
-            "test"
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::OpenaiCompatible
         }
         fn model(&self) -> &str {
             "judge"

@@ -4,7 +4,9 @@
 //! This module is compiled without the `server` feature too, so the operator shares the type
 //! instead of keeping a copy.
 
+pub mod bedrock;
 pub mod limits;
+pub mod routing;
 mod secret;
 mod validate;
 
@@ -133,6 +135,18 @@ pub enum ProviderKind {
     /// Any server speaking OpenAI chat completions (vLLM, TGI, LiteLLM proxy, …).
     #[serde(alias = "vllm", alias = "hosted_vllm")]
     OpenaiCompatible,
+}
+
+impl ProviderKind {
+    /// The serialised name, also the `provider` label of the upstream metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Litellm => "litellm",
+            ProviderKind::Openai => "openai",
+            ProviderKind::Bedrock => "bedrock",
+            ProviderKind::OpenaiCompatible => "openai-compatible",
+        }
+    }
 }
 
 /// The inference-time-scaling algorithm.

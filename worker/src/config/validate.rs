@@ -118,8 +118,16 @@ impl WorkerConfig {
         if let Some(server) = &self.server {
             limits::check_server(server)?;
         }
+        check_provider_resolution(self)?;
         Ok(())
     }
+}
+
+/// Everything the worker would refuse at start when resolving the upstreams (routing, Bedrock
+/// settings, `candidates_per_call` without `n`), through the very function the runtime uses.
+/// `OPENAI_BASE_URL` only changes a base URL, so it is left out here.
+fn check_provider_resolution(cfg: &WorkerConfig) -> Result<(), ConfigError> {
+    super::routing::resolve_routes(cfg, None).map(|_| ())
 }
 
 fn check_endpoint(param: &'static str, value: &str) -> Result<(), ConfigError> {

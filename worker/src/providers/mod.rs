@@ -4,9 +4,12 @@
 //! network calls and no re-serialisation.
 
 pub mod bedrock;
+mod http;
 pub mod openai;
+mod redact;
 mod retry;
-pub mod routing;
+#[cfg(test)]
+mod strategies;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,15 +19,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-pub use retry::{RetryPolicy, send_with_retries};
+use crate::config::ProviderKind;
+
+pub use http::{ErrorResponse, PostAuth, post_json, root_cause, transport_error};
+pub use redact::redact;
+pub use retry::{RetryPolicy, parse_retry_after, send_with_retries};
 
 /// A boxed future, so the trait stays object-safe (one `Arc<dyn ChatProvider>` per runtime).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What an algorithm asks of an upstream: one chat completion per call.
 pub trait ChatProvider: Send + Sync + 'static {
-    /// Provider family for metrics and logs (`openai`, `openai-compatible`, `bedrock`).
-    fn kind(&self) -> &'static str;
+    /// Provider family for metrics and logs (its `as_str()`: `openai`, `openai-compatible`,
+    /// `bedrock`).
+    fn kind(&self) -> ProviderKind;
     /// Upstream model name (prefix stripped), also the metrics label.
     fn model(&self) -> &str;
     /// Builds the upstream request once. `body` is an OpenAI chat request without the
@@ -106,8 +114,6 @@ impl Usage {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
     Translate(String),
 }
 
@@ -128,6 +134,10 @@ pub enum UpstreamError {
     Malformed(String),
     #[error("the upstream connection failed: {0}")]
     Transport(String),
+    /// The request could not be signed (bad credentials in the configuration): another attempt
+    /// would fail the same way, so it is not retried.
+    #[error("cannot sign the request: {0}")]
+    Signing(String),
 }
 
 impl UpstreamError {
@@ -138,7 +148,9 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 *status == 408 || *status == 429 || *status >= 500
             }
-            UpstreamError::Timeout(_) | UpstreamError::Malformed(_) => false,
+            UpstreamError::Timeout(_) | UpstreamError::Malformed(_) | UpstreamError::Signing(_) => {
+                false
+            }
         }
     }
 
@@ -149,6 +161,7 @@ impl UpstreamError {
             UpstreamError::Transport(_) => "transport_error",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::Malformed(_) => "malformed",
+            UpstreamError::Signing(_) => "signing_error",
             UpstreamError::Status { status, .. } => match status {
                 400 => "400",
                 401 => "401",
@@ -170,55 +183,6 @@ impl UpstreamError {
 
 /// Shared by every provider built from one configuration.
 pub type SharedProvider = Arc<dyn ChatProvider>;
-
-/// Parses an OpenAI `chat.completion` body into candidates. Shared by all OpenAI-shaped upstreams.
-pub fn parse_openai_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
-    let mut value: Value = serde_json::from_slice(body)
-        .map_err(|e| UpstreamError::Malformed(format!("invalid JSON ({e})")))?;
-    let obj = value
-        .as_object_mut()
-        .ok_or_else(|| UpstreamError::Malformed("expected a JSON object".into()))?;
-    let usage = obj.get("usage").map(parse_usage).unwrap_or_default();
-    let system_fingerprint = obj
-        .get("system_fingerprint")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let Some(Value::Array(choices)) = obj.remove("choices") else {
-        return Err(UpstreamError::Malformed("no `choices` array".into()));
-    };
-    let mut candidates = Vec::with_capacity(choices.len());
-    for choice in choices {
-        let Value::Object(mut choice) = choice else {
-            return Err(UpstreamError::Malformed("a choice is not an object".into()));
-        };
-        let message = choice
-            .remove("message")
-            .filter(Value::is_object)
-            .ok_or_else(|| UpstreamError::Malformed("a choice has no `message` object".into()))?;
-        let finish_reason = choice
-            .get("finish_reason")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let logprobs = choice.remove("logprobs").filter(|v| !v.is_null());
-        candidates.push(Candidate::from_message(message, finish_reason, logprobs));
-    }
-    if candidates.is_empty() {
-        return Err(UpstreamError::Malformed("`choices` is empty".into()));
-    }
-    Ok(Completion {
-        candidates,
-        usage,
-        system_fingerprint,
-    })
-}
-
-fn parse_usage(v: &Value) -> Usage {
-    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
-    Usage {
-        prompt_tokens: n("prompt_tokens"),
-        completion_tokens: n("completion_tokens"),
-    }
-}
 
 impl Candidate {
     /// Digests an OpenAI assistant message; the message itself is kept untouched.
@@ -265,69 +229,6 @@ pub fn tool_calls_of(message: &Value) -> Vec<ToolCall> {
         .collect()
 }
 
-/// Longest error body kept from an upstream (enough for any error message).
-const ERROR_BODY_LIMIT: usize = 4096;
-
-/// What the providers read from a failed upstream response.
-pub struct ErrorResponse {
-    pub status: u16,
-    /// `Retry-After` in seconds, when given.
-    pub retry_after: Option<Duration>,
-    pub headers: http::HeaderMap,
-    /// The start of the body (at most 4 KiB).
-    pub body: Bytes,
-}
-
-/// Reads a non-success response: status, `Retry-After`, headers and a bounded body.
-pub async fn read_error(resp: reqwest::Response) -> ErrorResponse {
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let retry_after = retry::parse_retry_after(
-        headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let mut body = resp.bytes().await.unwrap_or_default();
-    body.truncate(ERROR_BODY_LIMIT);
-    ErrorResponse {
-        status,
-        retry_after,
-        headers,
-        body,
-    }
-}
-
-/// Maps a transport failure of reqwest. Its messages name the URL but never headers, so no
-/// credential can leak through them.
-pub fn transport_error(e: reqwest::Error, call_timeout: Duration) -> UpstreamError {
-    if e.is_timeout() {
-        UpstreamError::Timeout(call_timeout)
-    } else if e.is_connect() {
-        UpstreamError::Connect(root_cause(&e))
-    } else {
-        UpstreamError::Transport(root_cause(&e))
-    }
-}
-
-/// The innermost error's message: the useful part of a wrapped I/O or TLS error.
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-/// Removes secrets from a message, in case an upstream echoes one.
-pub fn redact<'a>(mut message: String, secrets: impl IntoIterator<Item = &'a str>) -> String {
-    for s in secrets {
-        if s.len() >= 4 && message.contains(s) {
-            message = message.replace(s, "[redacted]");
-        }
-    }
-    message
-}
-
 /// Text of an OpenAI `content`: a string, or the `text` parts of a list joined by a space.
 pub fn message_text(content: Option<&Value>) -> String {
     match content {
@@ -346,31 +247,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_tool_call_completion() {
-        let body = br#"{"id":"x","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":null,
-            "tool_calls":[{"id":"call_1","type":"function","function":{"name":"calculator","arguments":"{\"expression\":\"1+1\"}"}}]}}],
-            "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
-        let c = parse_openai_completion(body).unwrap();
-        assert_eq!(
-            c.usage,
-            Usage {
-                prompt_tokens: 10,
-                completion_tokens: 5
-            }
-        );
-        let cand = &c.candidates[0];
-        assert_eq!(
-            cand.tool_calls,
-            vec![ToolCall {
-                name: "calculator".into(),
-                arguments: r#"{"expression":"1+1"}"#.into()
-            }]
-        );
-        assert_eq!(cand.text, "");
-        assert!(cand.message["content"].is_null());
-    }
-
-    #[test]
     fn list_content_text_parts_are_joined() {
         let c = Candidate::from_message(
             serde_json::json!({"role":"assistant","content":[{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}]}),
@@ -381,18 +257,14 @@ mod tests {
     }
 
     #[test]
-    fn malformed_bodies_are_errors_not_panics() {
-        for body in [
-            &b"not json"[..],
-            b"[]",
-            b"{}",
-            br#"{"choices":[]}"#,
-            br#"{"choices":[{"message":1}]}"#,
-        ] {
-            assert!(matches!(
-                parse_openai_completion(body),
-                Err(UpstreamError::Malformed(_))
-            ));
-        }
+    fn a_signing_failure_is_not_retried() {
+        let e = UpstreamError::Signing("invalid header value".into());
+        assert!(!e.is_retryable());
+        assert_eq!(e.status_label(), "signing_error");
+        assert_eq!(
+            e.to_string(),
+            "cannot sign the request: invalid header value"
+        );
+        assert!(UpstreamError::Transport("reset".into()).is_retryable());
     }
 }

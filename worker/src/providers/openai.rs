@@ -8,13 +8,13 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use super::{
-    BoxFuture, ChatProvider, Completion, PreparedCall, ProviderError, RetryPolicy, UpstreamError,
-    read_error, redact, send_with_retries, transport_error,
+    BoxFuture, Candidate, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError,
+    RetryPolicy, UpstreamError, Usage, post_json, redact, send_with_retries,
 };
-use crate::config::LiveSecret;
+use crate::config::{LiveSecret, ProviderKind};
 
 pub struct OpenAiProvider {
-    kind: &'static str,
+    kind: ProviderKind,
     url: String,
     model: String,
     api_key: Option<Arc<LiveSecret>>,
@@ -26,7 +26,7 @@ pub struct OpenAiProvider {
 
 /// Everything needed to build an [`OpenAiProvider`].
 pub struct OpenAiSettings {
-    pub kind: &'static str,
+    pub kind: ProviderKind,
     pub base_url: String,
     pub model: String,
     pub api_key: Option<Arc<LiveSecret>>,
@@ -52,37 +52,26 @@ impl OpenAiProvider {
 
     async fn send_once(&self, body: &Bytes) -> Result<Completion, UpstreamError> {
         let key = self.api_key.as_ref().map(|k| k.get());
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .timeout(self.call_timeout)
-            .body(body.clone());
-        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
-            req = req.bearer_auth(k);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport_error(e, self.call_timeout))?;
-        if !resp.status().is_success() {
-            let e = read_error(resp).await;
-            return Err(UpstreamError::Status {
+        let auth = key.as_deref().map_or(PostAuth::None, PostAuth::Bearer);
+        let bytes = post_json(
+            &self.client,
+            &self.url,
+            body,
+            self.call_timeout,
+            auth,
+            |e| UpstreamError::Status {
                 status: e.status,
-                message: redact(error_message(&e.body), key.as_deref()),
+                message: redact(typed_error_message(&e.body), key.as_deref()),
                 retry_after: e.retry_after,
-            });
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(e, self.call_timeout))?;
-        super::parse_openai_completion(&bytes)
+            },
+        )
+        .await?;
+        parse_completion(&bytes)
     }
 }
 
 impl ChatProvider for OpenAiProvider {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> ProviderKind {
         self.kind
     }
 
@@ -98,7 +87,7 @@ impl ChatProvider for OpenAiProvider {
         body.insert("model".to_owned(), Value::String(self.model.clone()));
         // OpenAI deprecated `max_tokens` and its reasoning models refuse it, while
         // `max_completion_tokens` works on every chat model; other servers get what was sent.
-        if self.kind == "openai"
+        if self.kind == ProviderKind::Openai
             && !body.contains_key("max_completion_tokens")
             && let Some(v) = body.remove("max_tokens")
         {
@@ -114,6 +103,71 @@ impl ChatProvider for OpenAiProvider {
         Box::pin(send_with_retries(&self.limit, &self.retry, || {
             self.send_once(&call.body)
         }))
+    }
+}
+
+/// Parses an OpenAI `chat.completion` body into candidates. Shared by all OpenAI-shaped upstreams.
+pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| UpstreamError::Malformed(format!("invalid JSON ({e})")))?;
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| UpstreamError::Malformed("expected a JSON object".into()))?;
+    let usage = obj.get("usage").map(parse_usage).unwrap_or_default();
+    let system_fingerprint = obj
+        .get("system_fingerprint")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let Some(Value::Array(choices)) = obj.remove("choices") else {
+        return Err(UpstreamError::Malformed("no `choices` array".into()));
+    };
+    let mut candidates = Vec::with_capacity(choices.len());
+    for choice in choices {
+        let Value::Object(mut choice) = choice else {
+            return Err(UpstreamError::Malformed("a choice is not an object".into()));
+        };
+        let message = choice
+            .remove("message")
+            .filter(Value::is_object)
+            .ok_or_else(|| UpstreamError::Malformed("a choice has no `message` object".into()))?;
+        let finish_reason = choice
+            .get("finish_reason")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let logprobs = choice.remove("logprobs").filter(|v| !v.is_null());
+        candidates.push(Candidate::from_message(message, finish_reason, logprobs));
+    }
+    if candidates.is_empty() {
+        return Err(UpstreamError::Malformed("`choices` is empty".into()));
+    }
+    Ok(Completion {
+        candidates,
+        usage,
+        system_fingerprint,
+    })
+}
+
+fn parse_usage(v: &Value) -> Usage {
+    let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    Usage {
+        prompt_tokens: n("prompt_tokens"),
+        completion_tokens: n("completion_tokens"),
+    }
+}
+
+/// What a client is told of an upstream error: `{error.type}: {message}` (like Bedrock's
+/// `{Type}: {message}`), or the message alone when the body names no type.
+fn typed_error_message(body: &[u8]) -> String {
+    let message = error_message(body);
+    let kind = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.pointer("/error/type")
+            .and_then(Value::as_str)
+            .filter(|t| !t.trim().is_empty())
+            .map(str::to_owned)
+    });
+    match kind {
+        Some(kind) => format!("{kind}: {message}"),
+        None => message,
     }
 }
 
@@ -140,6 +194,7 @@ fn error_message(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ToolCall;
 
     #[test]
     fn error_message_prefers_openai_envelope() {
@@ -152,10 +207,70 @@ mod tests {
     }
 
     #[test]
-    fn redacts_echoed_keys() {
+    fn error_type_is_kept_in_front_of_the_message() {
         assert_eq!(
-            redact("bad key sk-secret1".into(), ["sk-secret1"]),
-            "bad key [redacted]"
+            typed_error_message(
+                br#"{"error":{"message":"Rate limit","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#
+            ),
+            "requests: Rate limit"
         );
+        assert_eq!(
+            typed_error_message(br#"{"detail":"Not Found"}"#),
+            "Not Found"
+        );
+        assert_eq!(typed_error_message(b"<html>502</html>"), "<html>502</html>");
+    }
+
+    #[test]
+    fn parses_tool_call_completion() {
+        let body = br#"{"id":"x","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","content":null,
+            "tool_calls":[{"id":"call_1","type":"function","function":{"name":"calculator","arguments":"{\"expression\":\"1+1\"}"}}]}}],
+            "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+        let c = parse_completion(body).unwrap();
+        assert_eq!(
+            c.usage,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5
+            }
+        );
+        let cand = &c.candidates[0];
+        assert_eq!(
+            cand.tool_calls,
+            vec![ToolCall {
+                name: "calculator".into(),
+                arguments: r#"{"expression":"1+1"}"#.into()
+            }]
+        );
+        assert_eq!(cand.text, "");
+        assert!(cand.message["content"].is_null());
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        for body in [
+            &b"not json"[..],
+            b"[]",
+            b"{}",
+            br#"{"choices":[]}"#,
+            br#"{"choices":[{"message":1}]}"#,
+        ] {
+            assert!(matches!(
+                parse_completion(body),
+                Err(UpstreamError::Malformed(_))
+            ));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_completion_bodies_never_panic(
+            value in crate::providers::strategies::json_value(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let _ = parse_completion(&serde_json::to_vec(&value).unwrap());
+            let _ = parse_completion(&bytes);
+            let _ = error_message(&bytes);
+        }
     }
 }

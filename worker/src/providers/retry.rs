@@ -1,7 +1,7 @@
 //! Retries with exponential backoff and full jitter, honouring `Retry-After`.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 
@@ -74,10 +74,29 @@ where
     }
 }
 
-/// Parses a `Retry-After` header given in seconds (HTTP dates are treated as absent).
+/// Parses a `Retry-After` header: delay-seconds (fractions accepted) or an HTTP date. The result
+/// is bounded by [`MAX_RETRY_AFTER`] whatever the upstream sends (`1e20`, a date in the year 9999),
+/// since it becomes a sleep and a header sent on to the client; unreadable, negative or
+/// non-finite values count as absent.
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
-    let secs: f64 = value?.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    parse_retry_after_at(value, SystemTime::now())
+}
+
+fn parse_retry_after_at(value: Option<&str>, now: SystemTime) -> Option<Duration> {
+    let value = value?.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            // Clamped before conversion: `Duration::from_secs_f64` panics on overflow.
+            Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64()))
+        }
+        Ok(_) => return None,
+        // A date in the past means "now".
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -112,9 +131,57 @@ mod tests {
             parse_retry_after(Some(" 1.5 ")),
             Some(Duration::from_millis(1500))
         );
+    }
+
+    #[test]
+    fn retry_after_never_panics_and_is_bounded() {
+        for huge in [
+            "1e20",
+            "1e308",
+            "99999999999999999999999999",
+            "18446744073709551616",
+        ] {
+            assert_eq!(
+                parse_retry_after(Some(huge)),
+                Some(MAX_RETRY_AFTER),
+                "{huge}"
+            );
+        }
+        for absent in ["-1", "-0.5", "NaN", "inf", "-inf", "", "soon", "1e400x"] {
+            assert_eq!(parse_retry_after(Some(absent)), None, "{absent}");
+        }
+        assert_eq!(parse_retry_after(Some("0")), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn retry_after_http_dates_are_relative_and_bounded() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let at = |v: &str| parse_retry_after_at(Some(v), now);
         assert_eq!(
-            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
-            None
+            at("Wed, 21 Oct 2015 07:28:10 GMT"),
+            Some(Duration::from_secs(10))
         );
+        assert_eq!(at("Tue, 20 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(at("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(at("Wed, 32 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever an upstream puts in `Retry-After`, parsing neither panics nor exceeds the cap.
+        #[test]
+        fn any_retry_after_is_bounded(
+            text in "\\PC{0,40}",
+            secs in proptest::prelude::any::<f64>(),
+            digits in "[0-9]{1,60}",
+            year in 1u32..100_000,
+        ) {
+            let date = format!("Fri, 31 Dec {year} 23:59:59 GMT");
+            for v in [text, secs.to_string(), format!("{secs:e}"), digits, date] {
+                if let Some(d) = parse_retry_after(Some(&v)) {
+                    proptest::prop_assert!(d <= MAX_RETRY_AFTER, "{v:?} gave {d:?}");
+                }
+            }
+        }
     }
 }
