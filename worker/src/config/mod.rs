@@ -252,6 +252,110 @@ pub struct ServerSettings {
     /// Largest accepted request body in bytes (default 8 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Most chat requests processed at once; more are refused with 429 (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_requests: Option<u32>,
+    /// Most chat requests processed at once for one client: one API key, or one peer address
+    /// when no client keys are configured; more are refused with 429 (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_client: Option<u32>,
+    /// Most open client connections; further ones wait in the listen backlog (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Seconds a client has to send a request's headers before the connection is closed
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// Seconds a client has to send a request's whole body before it gets 408 (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout_secs: Option<f64>,
+}
+
+/// The load limits of [`ServerSettings`], defaults applied and bounds checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    pub max_in_flight_requests: u32,
+    pub max_in_flight_per_client: u32,
+    pub max_connections: u32,
+    pub header_read_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight_requests: 512,
+            max_in_flight_per_client: 64,
+            max_connections: 4096,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Largest count limit accepted: far above what one process can serve, low enough that no
+    /// arithmetic on it overflows.
+    const MAX_COUNT_LIMIT: u32 = 1_000_000;
+    /// Longest read timeout accepted, in seconds (one hour).
+    const MAX_READ_TIMEOUT_SECS: f64 = 3600.0;
+
+    /// The load limits, with defaults for absent fields. Refuses zero, huge or non-finite values
+    /// so that nothing downstream can panic or overflow on them.
+    pub fn limits(&self) -> Result<ServerLimits, ConfigError> {
+        let d = ServerLimits::default();
+        let count = |param: &'static str, v: Option<u32>, default: u32| match v {
+            None => Ok(default),
+            Some(n) if (1..=Self::MAX_COUNT_LIMIT).contains(&n) => Ok(n),
+            Some(n) => Err(ConfigError::Invalid {
+                param,
+                message: format!(
+                    "{param} must be between 1 and {}, got {n}",
+                    Self::MAX_COUNT_LIMIT
+                ),
+            }),
+        };
+        let secs = |param: &'static str, v: Option<f64>, default: std::time::Duration| match v {
+            None => Ok(default),
+            Some(s) if s.is_finite() && s > 0.0 && s <= Self::MAX_READ_TIMEOUT_SECS => {
+                Ok(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => Err(ConfigError::Invalid {
+                param,
+                message: format!(
+                    "{param} must be a number of seconds above 0 and at most {}, got {s}",
+                    Self::MAX_READ_TIMEOUT_SECS
+                ),
+            }),
+        };
+        Ok(ServerLimits {
+            max_in_flight_requests: count(
+                "server.max_in_flight_requests",
+                self.max_in_flight_requests,
+                d.max_in_flight_requests,
+            )?,
+            max_in_flight_per_client: count(
+                "server.max_in_flight_per_client",
+                self.max_in_flight_per_client,
+                d.max_in_flight_per_client,
+            )?,
+            max_connections: count(
+                "server.max_connections",
+                self.max_connections,
+                d.max_connections,
+            )?,
+            header_read_timeout: secs(
+                "server.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                d.header_read_timeout,
+            )?,
+            body_read_timeout: secs(
+                "server.body_read_timeout_secs",
+                self.body_read_timeout_secs,
+                d.body_read_timeout,
+            )?,
+        })
+    }
 }
 
 impl WorkerConfig {
