@@ -7,12 +7,12 @@
 # Env: DURATION (s, default 10), LATENCY_MS (upstream, default 50), LIMIT (per client, default 16),
 # A_CONCURRENCY (default 8), B_CONCURRENCY (default 64), BUDGET (default 4),
 # B_HONOURS_RETRY_AFTER (1: B waits Retry-After after a 429 like OpenAI clients; default 0: B
-# retries at once, the worst case for A).
+# retries at once, the worst case for A), BIN_DIR (prebuilt binaries; with SKIP_BUILD=1).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 [[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 DURATION=${DURATION:-10} LIMIT=${LIMIT:-16} BUDGET=${BUDGET:-4}

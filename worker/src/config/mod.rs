@@ -358,6 +358,46 @@ impl ServerSettings {
     }
 }
 
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn absent_limits_take_the_documented_defaults() {
+        let limits = ServerSettings::default().limits().unwrap();
+        assert_eq!(limits, ServerLimits::default());
+        assert_eq!(limits.max_in_flight_requests, 512);
+        assert_eq!(limits.max_in_flight_per_client, 64);
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_setting() {
+        let cases = [
+            ("max_in_flight_requests: 0", "server.max_in_flight_requests"),
+            ("max_in_flight_per_client: 2000000", "server.max_in_flight_per_client"),
+            ("max_connections: 0", "server.max_connections"),
+            ("header_read_timeout_secs: 0", "server.header_read_timeout_secs"),
+            ("body_read_timeout_secs: 1e20", "server.body_read_timeout_secs"),
+            ("body_read_timeout_secs: .nan", "server.body_read_timeout_secs"),
+        ];
+        for (yaml, param) in cases {
+            let settings: ServerSettings = serde_yaml::from_str(yaml).unwrap();
+            let err = settings.limits().unwrap_err();
+            assert_eq!(err.param(), Some(param), "{yaml}");
+            assert!(err.to_string().contains(param), "{err}");
+        }
+        let ok: ServerSettings =
+            serde_yaml::from_str("body_read_timeout_secs: 0.5\nmax_connections: 3").unwrap();
+        let limits = ok.limits().unwrap();
+        assert_eq!(limits.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections, 3);
+    }
+}
+
 impl WorkerConfig {
     /// Parses a config file's text: YAML (which also reads JSON).
     pub fn from_file_text(text: &str) -> Result<Self, ConfigError> {
