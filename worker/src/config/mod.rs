@@ -378,11 +378,23 @@ mod limits_tests {
     fn out_of_range_limits_name_their_setting() {
         let cases = [
             ("max_in_flight_requests: 0", "server.max_in_flight_requests"),
-            ("max_in_flight_per_client: 2000000", "server.max_in_flight_per_client"),
+            (
+                "max_in_flight_per_client: 2000000",
+                "server.max_in_flight_per_client",
+            ),
             ("max_connections: 0", "server.max_connections"),
-            ("header_read_timeout_secs: 0", "server.header_read_timeout_secs"),
-            ("body_read_timeout_secs: 1e20", "server.body_read_timeout_secs"),
-            ("body_read_timeout_secs: .nan", "server.body_read_timeout_secs"),
+            (
+                "header_read_timeout_secs: 0",
+                "server.header_read_timeout_secs",
+            ),
+            (
+                "body_read_timeout_secs: 1e20",
+                "server.body_read_timeout_secs",
+            ),
+            (
+                "body_read_timeout_secs: .nan",
+                "server.body_read_timeout_secs",
+            ),
         ];
         for (yaml, param) in cases {
             let settings: ServerSettings = serde_yaml::from_str(yaml).unwrap();
