@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from urllib.parse import urlparse
@@ -14,7 +15,7 @@ from urllib.parse import urlparse
 import openai
 import pytest
 
-from conftest import http, start_worker
+from conftest import BIN_DIR, http, start_worker
 from test_api import QUESTION, sc_config
 
 HANG = {"faults": [{"hang": True}]}
@@ -211,6 +212,9 @@ def test_connections_over_the_limit_wait_for_a_free_slot(mock, tmp_path):
 ])
 def test_out_of_range_limits_are_refused_at_start(mock, tmp_path, server, param):
     cfg = tmp_path / "worker.yaml"
-    cfg.write_text(json.dumps({**sc_config(mock), "server": server}))
-    with pytest.raises(RuntimeError, match=param):
-        start_worker(mock, "--config", str(cfg))
+    cfg.write_text(json.dumps({**sc_config(mock), "server": {"port": 0, **server}}))
+    done = subprocess.run([str(BIN_DIR / "inferscale-worker"), "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert param in done.stderr
+    assert "listening" not in done.stdout
