@@ -114,6 +114,29 @@ def test_the_global_limit_sheds_every_client(mock, tmp_path):
         w.proc.stop()
 
 
+def test_a_stream_holds_its_slot_until_its_last_frame(mock, tmp_path):
+    w = limited_worker(mock, tmp_path, {"max_in_flight_per_client": 1})
+    try:
+        mock.scenario(HANG)
+        sock = raw_connection(w)
+        body = json.dumps({"model": "m", "messages": QUESTION, "stream": True}).encode()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        # The handler has returned once the head and the role chunk are out...
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert not mock.wait(in_flight=1)["timed_out"]
+        # ...but the stream is still being served, so it still counts against the client.
+        status, headers, reply = w.chat({"model": "m", "messages": QUESTION})
+        assert_retryable_429(status, headers, reply, "server.max_in_flight_per_client")
+        sock.close()
+    finally:
+        w.proc.stop()
+
+
 def raw_connection(worker) -> socket.socket:
     u = urlparse(worker.url)
     assert u.hostname == "127.0.0.1"
