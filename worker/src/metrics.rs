@@ -23,6 +23,15 @@ pub struct Metrics {
     pub overhead: HistogramVec,
     pub configure: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// Requests refused by admission control, by reason (`global_limit`, `client_limit`) and
+    /// request bodies not received in time (`body_timeout`).
+    pub requests_shed: IntCounterVec,
+    /// Requests holding an admission slot (chat requests, streams until their last frame).
+    pub admitted_in_flight: IntGauge,
+    /// Clients with at least one admitted request.
+    pub clients_in_flight: IntGauge,
+    /// Open client connections.
+    pub connections_open: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -40,6 +49,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn histogram(
@@ -170,6 +185,27 @@ impl Metrics {
                 &["outcome"],
             ),
             build_info,
+            requests_shed: counter(
+                &r,
+                "inferscale_requests_shed_total",
+                "Requests refused before any upstream call: 429 over an in-flight limit (reason global_limit or client_limit), 408 for a body not received in time (body_timeout).",
+                &["reason"],
+            ),
+            admitted_in_flight: gauge(
+                &r,
+                "inferscale_admitted_requests_in_flight",
+                "Requests holding an admission slot (streams until their last frame).",
+            ),
+            clients_in_flight: gauge(
+                &r,
+                "inferscale_clients_in_flight",
+                "Distinct clients (API keys, or peer addresses) with admitted requests.",
+            ),
+            connections_open: gauge(
+                &r,
+                "inferscale_connections_open",
+                "Open client connections.",
+            ),
             registry: r,
         }
     }

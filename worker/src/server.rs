@@ -4,10 +4,15 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
 
+use arc_swap::ArcSwapOption;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::api::admission::Admission;
 use crate::api::{self, Access, AppState, DEFAULT_MAX_BODY_BYTES};
 use crate::config::{
     DEFAULT_PORT, LiveSecret, LogFormat, SecretAllowList, SecretValue, WorkerConfig,
@@ -158,12 +163,19 @@ impl Cli {
             )),
             None => None,
         };
+        let limits = server.limits().map_err(|e| bad(e.to_string()))?;
         let state = Arc::new(AppState {
             runtime: ArcSwapOption::new(runtime),
+            admission: Arc::new(Admission::with_metrics(
+                limits.max_in_flight_requests,
+                limits.max_in_flight_per_client,
+                &metrics,
+            )),
             metrics,
             access,
             env,
             max_body_bytes: server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            limits,
         });
         Ok(Startup {
             host: self
@@ -221,23 +233,129 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
+///
+/// The accept loop is the worker's own (not `axum::serve`) for two bounds axum does not expose:
+/// at most `server.max_connections` open connections (further ones wait in the kernel's listen
+/// backlog until one closes) and `server.header_read_timeout_secs` for a request's headers.
+/// Each request carries the peer address as axum's `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Small responses and SSE frames must not wait for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
+    let limits = state.limits;
+    let metrics = state.metrics.clone();
+    let app = api::router(state);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    // Every connection task holds a receiver; the sender learns through `closed()` that all
+    // connections have drained.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = connection_slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        // The semaphore is never closed, so this only guards against a future change.
+        let Ok(slot) = slot else { break };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    back_off_after_accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small responses and SSE frames must not wait for the client's delayed ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    // The peer address is recorded for `/configure`, which admits only loopback peers when no
-    // admin token is set.
-    axum::serve(
-        listener,
-        api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        let open = OpenConnection::new(slot, &metrics);
+        let service = connection_service(app.clone(), peer);
+        let http = http.clone();
+        let mut drain = drain_rx.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let conn = http.serve_connection(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => log_connection_end(result),
+                _ = drain.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    log_connection_end(conn.await);
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(drain_rx);
+    let _ = drain_tx.send(true);
+    drain_tx.closed().await;
+    Ok(())
+}
+
+/// The router as a hyper service for one connection, tagging each request with its peer.
+fn connection_service(
+    app: axum::Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        // A Router is always ready, so calling it without `poll_ready` is allowed.
+        tower_service::Service::call(&mut app.clone(), request.map(axum::body::Body::new))
+    })
+}
+
+/// Holds one of the `max_connections` slots while a connection is open.
+struct OpenConnection {
+    _slot: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit, metrics: &Metrics) -> Self {
+        metrics.connections_open.inc();
+        Self {
+            _slot: slot,
+            gauge: metrics.connections_open.clone(),
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+fn log_connection_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        // Header timeouts, resets and malformed requests: the client's doing, not an incident.
+        tracing::debug!(error = %e, "connection closed with an error");
+    }
+}
+
+/// Per-connection errors (the peer gave up before accept) are retried at once; others, such as
+/// running out of file descriptors, wait a little so the loop does not spin.
+async fn back_off_after_accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed; retrying in 1 s");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
 
 /// Resolves on SIGINT or SIGTERM.

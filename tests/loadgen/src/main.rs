@@ -2,6 +2,7 @@
 //! guide's tool-calling request back to back for `--duration-secs`, then it prints requests/s,
 //! client latency, and the worker's added latency — client latency minus the slowest upstream
 //! leg, which the worker reports in `x-inferscale-upstream-us` — plus the worker's RSS.
+//! Requests the worker sheds with 429 are counted apart from errors (`rate_limited`).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,13 @@ struct Args {
     pid: Option<u32>,
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
+    /// Client API key, sent as `Authorization: Bearer`; the worker's per-client limit counts by it.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// After a 429, wait the `Retry-After` the worker gave (as OpenAI clients do) instead of
+    /// retrying at once.
+    #[arg(long)]
+    honour_retry_after: bool,
 }
 
 struct Sample {
@@ -61,17 +69,39 @@ async fn main() {
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let (api_key, honour_retry_after) = (args.api_key.clone(), args.honour_retry_after);
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             let mut errors = 0u64;
+            let mut rate_limited = 0u64;
             while Instant::now() < end {
                 let t0 = Instant::now();
-                let resp = client
+                let mut req = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
+                    .body(body.clone());
+                if let Some(key) = &api_key {
+                    req = req.bearer_auth(key);
+                }
+                let resp = req.send().await;
+                if let Ok(r) = &resp
+                    && r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    if t0 >= warm_until {
+                        rate_limited += 1;
+                    }
+                    let wait = r
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(1)
+                        .min(5);
+                    if honour_retry_after {
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                    continue;
+                }
                 let ok = match resp {
                     Ok(r) if r.status().is_success() => {
                         let upstream: u64 = r
@@ -96,15 +126,17 @@ async fn main() {
                     None => errors += 1,
                 }
             }
-            (samples, errors)
+            (samples, errors, rate_limited)
         }));
     }
     let mut samples = Vec::new();
     let mut errors = 0;
+    let mut rate_limited = 0;
     for t in tasks {
-        let (s, e) = t.await.expect("task");
+        let (s, e, r) = t.await.expect("task");
         samples.extend(s);
         errors += e;
+        rate_limited += r;
     }
     let rss_kb = args.pid.and_then(rss_kb);
     let mut client: Vec<u64> = samples.iter().map(|s| s.client_us).collect();
@@ -123,6 +155,7 @@ async fn main() {
         "concurrency": args.concurrency,
         "requests": samples.len(),
         "errors": errors,
+        "rate_limited": rate_limited,
         "rps": (samples.len() as f64 / args.duration_secs).round(),
         "client_p50_ms": q(&client, 0.5),
         "client_p99_ms": q(&client, 0.99),

@@ -23,6 +23,11 @@ pub enum ApiError {
     },
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error(
+        "the request body was not received within {} seconds (server.body_read_timeout_secs)",
+        .0.as_secs_f64()
+    )]
+    RequestTimeout(Duration),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -82,6 +87,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::ModelNotFound { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -111,6 +117,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => {
                 ("invalid_request_error", Some("request_too_large"), None)
             }
+            ApiError::RequestTimeout(_) => ("invalid_request_error", Some("request_timeout"), None),
             ApiError::Unauthorized(_) => ("authentication_error", Some("invalid_api_key"), None),
             ApiError::Forbidden(_) => ("permission_error", Some("forbidden"), None),
             ApiError::ModelNotFound { .. } => (

@@ -33,6 +33,19 @@ pub const DEFAULT_JUDGE_MAX_TOKENS: u32 = 4096;
 pub const MAX_JUDGE_MAX_TOKENS: u32 = 1_000_000;
 /// Largest request body limit accepted, in bytes (256 MiB).
 pub const MAX_BODY_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+/// Chat requests in flight at once in one worker when none is configured.
+pub const DEFAULT_MAX_IN_FLIGHT_REQUESTS: u32 = 512;
+/// Chat requests in flight at once per client when none is configured.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT: u32 = 64;
+/// Open client connections when none is configured.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Largest count limit of the `server` block: far above what one process can serve, low enough
+/// that no arithmetic on it overflows.
+pub const MAX_SERVER_COUNT_LIMIT: u32 = 1_000_000;
+/// Time a client has to send its request headers when none is configured, in seconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: f64 = 10.0;
+/// Time a client has to send its request body when none is configured, in seconds.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: f64 = 30.0;
 
 /// Checks a number of seconds: finite, positive and at most `max`.
 pub fn check_seconds(param: &'static str, value: Option<f64>, max: f64) -> Result<(), ConfigError> {
@@ -112,6 +125,26 @@ pub fn check_server(s: &ServerSettings) -> Result<(), ConfigError> {
         s.max_body_bytes,
         1,
         MAX_BODY_BYTES_LIMIT,
+    )?;
+    for (param, value) in [
+        ("server.max_in_flight_requests", s.max_in_flight_requests),
+        (
+            "server.max_in_flight_per_client",
+            s.max_in_flight_per_client,
+        ),
+        ("server.max_connections", s.max_connections),
+    ] {
+        check_count(param, value, 1, MAX_SERVER_COUNT_LIMIT)?;
+    }
+    check_seconds(
+        "server.header_read_timeout_secs",
+        s.header_read_timeout_secs,
+        MAX_TIMEOUT_SECS,
+    )?;
+    check_seconds(
+        "server.body_read_timeout_secs",
+        s.body_read_timeout_secs,
+        MAX_TIMEOUT_SECS,
     )
 }
 

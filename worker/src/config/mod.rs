@@ -273,6 +273,122 @@ pub struct ServerSettings {
     /// Largest accepted request body in bytes (default 8 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<usize>,
+    /// Most chat requests processed at once; more are refused with 429 (default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_requests: Option<u32>,
+    /// Most chat requests processed at once for one client: one API key, or one peer address
+    /// when no client keys are configured; more are refused with 429 (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_client: Option<u32>,
+    /// Most open client connections; further ones wait in the listen backlog (default 4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Seconds a client has to send a request's headers before the connection is closed
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// Seconds a client has to send a request's whole body before it gets 408 (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_read_timeout_secs: Option<f64>,
+}
+
+/// The load limits of [`ServerSettings`], defaults applied and bounds checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ServerLimits {
+    pub max_in_flight_requests: u32,
+    pub max_in_flight_per_client: u32,
+    pub max_connections: u32,
+    pub header_read_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_in_flight_requests: limits::DEFAULT_MAX_IN_FLIGHT_REQUESTS,
+            max_in_flight_per_client: limits::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: std::time::Duration::from_secs_f64(
+                limits::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            ),
+            body_read_timeout: std::time::Duration::from_secs_f64(
+                limits::DEFAULT_BODY_READ_TIMEOUT_SECS,
+            ),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The load limits, with defaults for absent fields. Refuses zero, huge or non-finite values
+    /// (the bounds of [`limits::check_server`]) so that nothing downstream can panic or overflow.
+    pub fn limits(&self) -> Result<ServerLimits, ConfigError> {
+        limits::check_server(self)?;
+        let d = ServerLimits::default();
+        let secs = |v: Option<f64>, default| v.map_or(default, std::time::Duration::from_secs_f64);
+        Ok(ServerLimits {
+            max_in_flight_requests: self
+                .max_in_flight_requests
+                .unwrap_or(d.max_in_flight_requests),
+            max_in_flight_per_client: self
+                .max_in_flight_per_client
+                .unwrap_or(d.max_in_flight_per_client),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            header_read_timeout: secs(self.header_read_timeout_secs, d.header_read_timeout),
+            body_read_timeout: secs(self.body_read_timeout_secs, d.body_read_timeout),
+        })
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn absent_limits_take_the_documented_defaults() {
+        let limits = ServerSettings::default().limits().unwrap();
+        assert_eq!(limits, ServerLimits::default());
+        assert_eq!(limits.max_in_flight_requests, 512);
+        assert_eq!(limits.max_in_flight_per_client, 64);
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn out_of_range_limits_name_their_setting() {
+        let cases = [
+            ("max_in_flight_requests: 0", "server.max_in_flight_requests"),
+            (
+                "max_in_flight_per_client: 2000000",
+                "server.max_in_flight_per_client",
+            ),
+            ("max_connections: 0", "server.max_connections"),
+            (
+                "header_read_timeout_secs: 0",
+                "server.header_read_timeout_secs",
+            ),
+            (
+                "body_read_timeout_secs: 1e20",
+                "server.body_read_timeout_secs",
+            ),
+            (
+                "body_read_timeout_secs: .nan",
+                "server.body_read_timeout_secs",
+            ),
+        ];
+        for (yaml, param) in cases {
+            let settings: ServerSettings = serde_yaml::from_str(yaml).unwrap();
+            let err = settings.limits().unwrap_err();
+            assert_eq!(err.param(), Some(param), "{yaml}");
+            assert!(err.to_string().contains(param), "{err}");
+        }
+        let ok: ServerSettings =
+            serde_yaml::from_str("body_read_timeout_secs: 0.5\nmax_connections: 3").unwrap();
+        let limits = ok.limits().unwrap();
+        assert_eq!(limits.body_read_timeout, Duration::from_millis(500));
+        assert_eq!(limits.max_connections, 3);
+    }
 }
 
 impl WorkerConfig {
