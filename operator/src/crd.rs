@@ -626,3 +626,18 @@ mod tests {
         assert_eq!(crd.spec.names.short_names, Some(vec!["se".to_owned()]));
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Test-only builders of ScalingEndpoints from YAML.
+    use super::ScalingEndpoint;
+
+    /// Parses a ScalingEndpoint and gives it what the API server would: namespace, uid, generation.
+    pub fn endpoint(yaml: &str) -> ScalingEndpoint {
+        let mut se: ScalingEndpoint = serde_yaml::from_str(yaml).expect("fixture parses");
+        se.metadata.namespace.get_or_insert_with(|| "ns".to_owned());
+        se.metadata.uid = Some("uid-1".to_owned());
+        se.metadata.generation = Some(1);
+        se
+    }
+}

@@ -5,48 +5,17 @@
 //! [`WorkerConfig::validate`]: the operator never accepts a config the worker would refuse.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use inferscale_worker::config::{
     AlgorithmName, LogFormat, ProviderKind, SecretValue, ServerSettings, WorkerConfig,
 };
 use sha2::{Digest, Sha256};
 
-use crate::build::Names;
 use crate::crd::{ModelSpec, Provider, ScalingEndpoint};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::error::{Error, Result};
-
-/// Directory under which each referenced Secret is mounted whole, as `<dir>/<secret-name>/`.
-pub const SECRETS_DIR: &str = "/etc/inferscale/secrets";
-/// Directory of the mounted ConfigMap.
-pub const CONFIG_DIR: &str = "/etc/inferscale/config";
-/// File name of the worker configuration in the ConfigMap.
-pub const CONFIG_FILE: &str = "config.yaml";
-
-/// Reasons of `ConfigValid=False` (and of `Ready=False` while config is invalid).
-pub mod reason {
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    pub const INVALID_CONFIG: &str = "InvalidConfig";
-    pub const CHILD_CONFLICT: &str = "ChildConflict";
-}
-
-/// The first thing wrong with a spec, as a condition reason (CamelCase) and a message that names
-/// it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Problem {
-    fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            reason: reason::INVALID_CONFIG,
-            message: message.into(),
-        }
-    }
-}
+use crate::layout::{Names, secret_file};
+pub use crate::problem::{Problem, reason};
 
 /// A valid endpoint: the worker configuration and what the workers mount.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,11 +27,6 @@ pub struct Resolved {
     pub config_hash: String,
     /// Names of the Secrets mounted into the workers, sorted, without duplicates.
     pub worker_secrets: Vec<String>,
-}
-
-/// Path at which the workers read a Secret key.
-pub fn secret_file(secret: &str, key: &str) -> PathBuf {
-    PathBuf::from(format!("{SECRETS_DIR}/{secret}/{key}"))
 }
 
 /// Checks the spec against its Secrets and renders the worker configuration.
@@ -300,7 +264,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::endpoint;
+    use crate::crd::fixtures::endpoint;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
 
