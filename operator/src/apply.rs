@@ -283,7 +283,8 @@ impl Applier {
             _ => {
                 self.delete_child(se, &s.deployments, ns, &names.vllm())
                     .await?;
-                self.delete_child(se, &s.services, ns, &names.vllm()).await?;
+                self.delete_child(se, &s.services, ns, &names.vllm())
+                    .await?;
                 None
             }
         };

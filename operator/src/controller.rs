@@ -30,8 +30,8 @@ use crate::dereference::{fetch_secrets, references_secret, secret_uses};
 use crate::error::{Error, Result};
 use crate::layout::Names;
 use crate::metrics::Metrics;
-use crate::status::{self, Observed, ServiceMonitorState, types};
 use crate::problem::Problem;
+use crate::status::{self, Observed, ServiceMonitorState, types};
 use crate::validate::validate;
 
 /// How often a healthy endpoint is reconciled without any trigger (drift safety net).

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod custom_endpoint;
 pub mod dereference;
 pub mod error;
 pub mod layout;

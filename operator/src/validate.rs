@@ -12,6 +12,7 @@ use inferscale_worker::config::{
 use sha2::{Digest, Sha256};
 
 use crate::crd::{ModelSpec, Provider, ScalingEndpoint};
+use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom_endpoints};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::error::{Error, Result};
 use crate::layout::{Names, secret_file};
@@ -35,6 +36,9 @@ pub struct Resolved {
 pub fn validate(se: &ScalingEndpoint, secrets: &Secrets) -> Result<Result<Resolved, Problem>> {
     let uses = secret_uses(&se.spec);
     if let Err(p) = check_secrets(&uses, secrets) {
+        return Ok(Err(p));
+    }
+    if let Err(p) = check_custom_endpoint_secrets(se, secrets) {
         return Ok(Err(p));
     }
     let names = Names::of(se)?;
@@ -87,6 +91,31 @@ fn check_secrets(uses: &[SecretUse], secrets: &Secrets) -> Result<(), Problem> {
                 message: format!(
                     "secret {:?} has no key {:?} (referenced by {})",
                     u.secret, u.key, u.field
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A Secret the workers would send to an endpoint other than the provider's official API must
+/// carry the opt-in label; otherwise creating a ScalingEndpoint would let its author read any
+/// Secret of the namespace (see `custom_endpoint`).
+fn check_custom_endpoint_secrets(se: &ScalingEndpoint, secrets: &Secrets) -> Result<(), Problem> {
+    for u in secrets_sent_to_custom_endpoints(&se.spec) {
+        let allowed = secrets
+            .get(&u.secret)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.metadata.labels.as_ref())
+            .and_then(|l| l.get(ALLOW_CUSTOM_ENDPOINT_LABEL))
+            .is_some_and(|v| v == "true");
+        if !allowed {
+            return Err(Problem {
+                reason: reason::SECRET_NOT_ALLOWED,
+                message: format!(
+                    "secret {:?} (referenced by {}) would be sent to {:?}, which is not the provider's official API: \
+                     label the Secret {ALLOW_CUSTOM_ENDPOINT_LABEL}=true to allow that",
+                    u.secret, u.field, u.endpoint
                 ),
             });
         }
@@ -486,5 +515,53 @@ spec:
         );
         let p = validate(&se, &Secrets::new()).unwrap().unwrap_err();
         assert!(p.message.contains("spec.judge.aws"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_secret_for_a_custom_endpoint_needs_the_label() {
+        let se = endpoint(
+            r#"
+metadata: {name: x}
+spec:
+  model:
+    name: gpt-4o
+    endpoint: https://attacker.invalid/v1
+    apiKeySecretRef: {name: db-creds, key: password}
+  algorithm: {name: self-consistency}
+"#,
+        );
+        let (name, unlabelled) = secret("db-creds", &[("password", "hunter2")]);
+        let secrets = Secrets::from([(name.clone(), unlabelled.clone())]);
+        let p = validate(&se, &secrets).unwrap().unwrap_err();
+        assert_eq!(p.reason, "SecretNotAllowed");
+        assert!(
+            p.message.contains(r#"secret "db-creds""#)
+                && p.message
+                    .contains("inferscale.dev/allow-custom-endpoint=true")
+                && p.message.contains("https://attacker.invalid/v1"),
+            "{}",
+            p.message
+        );
+        assert!(!p.message.contains("hunter2"));
+
+        let mut labelled = unlabelled.clone().unwrap();
+        labelled.metadata.labels = Some(BTreeMap::from([(
+            "inferscale.dev/allow-custom-endpoint".to_owned(),
+            "true".to_owned(),
+        )]));
+        let r = ok(
+            &se,
+            &Secrets::from([(name.clone(), Some(labelled.clone()))]),
+        );
+        assert_eq!(r.worker_secrets, vec!["db-creds".to_owned()]);
+
+        labelled.metadata.labels = Some(BTreeMap::from([(
+            "inferscale.dev/allow-custom-endpoint".to_owned(),
+            "false".to_owned(),
+        )]));
+        let p = validate(&se, &Secrets::from([(name, Some(labelled))]))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(p.reason, "SecretNotAllowed");
     }
 }

@@ -125,7 +125,10 @@ fn the_checker_sees_grouped_imports_and_cycles() {
     let refs = crate_references("use crate::{a::X, b::{c, d}, e};\nlet x = crate::f::g();");
     assert_eq!(
         refs,
-        ["a", "b", "e", "f"].map(str::to_owned).into_iter().collect()
+        ["a", "b", "e", "f"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect()
     );
     let graph: BTreeMap<String, BTreeSet<String>> = [
         ("x", vec!["y"]),
