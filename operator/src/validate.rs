@@ -11,7 +11,7 @@ use inferscale_worker::config::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ModelSpec, Provider, ScalingEndpoint};
+use crate::crd::{ModelSpec, ScalingEndpoint};
 use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom_endpoints};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::error::{Error, Result};
@@ -123,14 +123,6 @@ fn check_custom_endpoint_secrets(se: &ScalingEndpoint, secrets: &Secrets) -> Res
     Ok(())
 }
 
-fn provider(p: Option<Provider>) -> Option<ProviderKind> {
-    p.map(|p| match p {
-        Provider::Openai => ProviderKind::Openai,
-        Provider::Bedrock => ProviderKind::Bedrock,
-        Provider::OpenaiCompatible => ProviderKind::OpenaiCompatible,
-    })
-}
-
 fn file(secret: &str, key: &str) -> SecretValue {
     SecretValue::File {
         file: secret_file(secret, key),
@@ -184,7 +176,7 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         c.provider = Some(ProviderKind::OpenaiCompatible);
         c.endpoint = names.vllm_url();
     } else {
-        c.provider = provider(spec.model.provider);
+        c.provider = spec.model.provider;
         c.endpoint = spec
             .model
             .endpoint
@@ -209,7 +201,7 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         let m = &judge.model;
         c.rm_name = (alg.name == AlgorithmName::BestOfN).then(|| "llm-judge".to_owned());
         c.judge_model = Some(m.name.clone());
-        c.judge_provider = provider(m.provider);
+        c.judge_provider = m.provider;
         c.judge_base_url = Some(m.endpoint.clone().unwrap_or_else(|| "auto".to_owned()));
         c.judge_api_key = m.api_key_secret_ref.as_ref().map(|r| file(&r.name, &r.key));
         c.judge_mode = judge.mode;

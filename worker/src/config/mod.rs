@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{LiveSecret, SecretError, SecretValue};
-pub use validate::{ConfigError, MAX_BUDGET_LIMIT};
+pub use validate::{ConfigError, DEFAULT_MAX_BUDGET, MAX_BUDGET_LIMIT};
 
 /// Default number of candidates when neither the request nor the configuration names one.
 pub const DEFAULT_BUDGET: u32 = 4;

@@ -5,6 +5,8 @@ use super::{AlgorithmName, WorkerConfig};
 
 /// Highest budget any configuration may allow (the reference service's limit).
 pub const MAX_BUDGET_LIMIT: u32 = 1000;
+/// `max_budget` of a ScalingEndpoint that sets none: a bound on what one request can cost.
+pub const DEFAULT_MAX_BUDGET: u32 = 16;
 
 /// Why a configuration was refused. `param` names the offending field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
