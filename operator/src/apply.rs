@@ -160,18 +160,6 @@ pub fn controlled_by<K: Resource>(child: &K, se: &ScalingEndpoint) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
-/// A uid no object has. Sent as `metadata.uid` when applying a child that does not exist yet, it
-/// makes the apply create-only: if an object of that name appeared since the operator looked, the
-/// API server refuses the apply (`metadata.uid` is immutable) instead of taking the object over.
-/// On creation the API server assigns a fresh uid, so this value is never stored.
-const UID_OF_NO_OBJECT: &str = "00000000-0000-0000-0000-000000000000";
-
-/// The `metadata.uid` precondition of an apply: the uid of the child the operator checked, or
-/// [`UID_OF_NO_OBJECT`] when it checked that none exists.
-fn uid_precondition(existing_uid: Option<String>) -> String {
-    existing_uid.unwrap_or_else(|| UID_OF_NO_OBJECT.to_owned())
-}
-
 fn conflict(kind: &str, name: &str) -> Problem {
     Problem {
         reason: reason::CHILD_CONFLICT,
@@ -379,9 +367,12 @@ impl Applier {
             }
         }
 
-        obj.meta_mut().uid = Some(uid_precondition(
-            existing.as_ref().and_then(|e| e.meta().uid.clone()),
-        ));
+        // An existing child is applied with its uid as a precondition: if it was replaced by
+        // someone else's object since it was read, the API server refuses the apply ("uid
+        // mismatch") instead of taking the new object over. A missing child is created by the
+        // apply; server-side apply has no create-only form, so an object created in the moment
+        // between the lookup and the apply would still be taken over (see docs/operator.md).
+        obj.meta_mut().uid = existing.as_ref().and_then(|e| e.meta().uid.clone());
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let applied = api
             .patch(
@@ -532,7 +523,8 @@ impl Applier {
         match desired {
             Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, &name))),
             Some(mut sm) => {
-                sm.metadata.uid = Some(uid_precondition(existing.and_then(|e| e.metadata.uid)));
+                // As for the other children: the uid of what was checked is a precondition.
+                sm.metadata.uid = existing.and_then(|e| e.metadata.uid);
                 api.patch(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
