@@ -77,37 +77,24 @@ async fn wait_condition(
     .await
 }
 
-/// Waits until the endpoint is gone and the garbage collector removed the ConfigMap it owned, so
-/// anything it would have collected is collected.
+/// Deletes the endpoint in the foreground and waits until it is gone: the API server keeps it
+/// until the garbage collector has deleted everything it controls, so anything it would have
+/// collected is collected by then.
 async fn delete_endpoint_and_wait_for_gc(ns: &TestNamespace, name: &str) {
     let ses: Api<ScalingEndpoint> = ns.api();
     ses.delete(name, &DeleteParams::foreground())
         .await
         .expect("endpoint deleted");
-    let config_maps: Api<ConfigMap> = ns.api();
-    let owned_config = format!("{name}-config");
-    eventually(
-        &format!("{name} and its ConfigMap to be gone"),
-        TIMEOUT,
-        || {
-            let (ses, config_maps) = (ses.clone(), config_maps.clone());
-            let (name, owned_config) = (name.to_owned(), owned_config.clone());
-            async move {
-                let se = ses.get_opt(&name).await.map_err(|e| e.to_string())?;
-                let cm = config_maps
-                    .get_opt(&owned_config)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match (se, cm) {
-                    (None, None) => Ok(()),
-                    other => Err(format!(
-                        "still there: {:?}",
-                        (other.0.is_some(), other.1.is_some())
-                    )),
-                }
+    eventually(&format!("{name} to be gone"), TIMEOUT, || {
+        let ses = ses.clone();
+        let name = name.to_owned();
+        async move {
+            match ses.get_opt(&name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_owned()),
             }
-        },
-    )
+        }
+    })
     .await;
 }
 
@@ -241,7 +228,21 @@ async fn pre_existing_service_and_config_map_are_never_adopted() {
 
     // Deleting the endpoints collects what the operator created for them, and nothing else. The
     // svc-taken endpoint got its ConfigMap before its Service conflicted.
+    let owned_config = config_maps.get("svc-taken-config").await.unwrap();
+    assert!(
+        owned_config
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true))
+    );
     delete_endpoint_and_wait_for_gc(&ns, "svc-taken").await;
+    assert!(
+        config_maps
+            .get_opt("svc-taken-config")
+            .await
+            .unwrap()
+            .is_none()
+    );
     delete_endpoint_and_wait_for_gc(&ns, "cm-taken").await;
     unchanged(
         &theirs_svc.metadata,
