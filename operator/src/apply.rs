@@ -518,7 +518,15 @@ impl Applier {
         let ar = service_monitor::api_resource();
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &names.namespace, &ar);
-        let existing = api.get_opt(&name).await?;
+        let existing = match api.get_opt(&name).await {
+            Ok(existing) => existing,
+            // Without RBAC for ServiceMonitors (the chart's `rbac.serviceMonitors: false`) the
+            // operator never created one, so there is nothing of its own to delete.
+            Err(kube::Error::Api(s)) if s.is_forbidden() && desired.is_none() => {
+                return Ok(Ok(ServiceMonitorState::NotRequested));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let controlled = existing.as_ref().map(|e| controlled_by(e, se));
         match desired {
             Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, &name))),
