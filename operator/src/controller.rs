@@ -106,6 +106,12 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
         .await?;
     let names = Names::of(&se)?;
     let key = ObjectRef::from_obj(se.as_ref());
+    if se.metadata.deletion_timestamp.is_some() {
+        // The garbage collector is deleting the children (in the foreground, the endpoint waits
+        // for them): re-creating them now would keep the endpoint from ever going away.
+        debug!(endpoint = %key, "being deleted; leaving its children to the garbage collector");
+        return Ok(Action::await_change());
+    }
 
     // Dereference → validate → build → apply.
     let secrets = fetch_secrets(&ctx.client, &names.namespace, &secret_uses(&se.spec)).await?;
