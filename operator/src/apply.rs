@@ -15,19 +15,20 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
-use kube::runtime::events::EventType;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
-use crate::build::{Children, FIELD_MANAGER, Names, service_monitor};
-use crate::controller::Context;
+use crate::build::{Children, FIELD_MANAGER, service_monitor};
 use crate::crd::ScalingEndpoint;
 use crate::error::{Error, Result, is_not_found};
-use crate::status::{ServiceMonitorState, types};
-use crate::validate::{Problem, reason};
+use crate::layout::Names;
+use crate::problem::{Problem, reason};
+use crate::status::ServiceMonitorState;
 
 /// Annotation on each child: sha256 of the object the operator applied.
 pub const SPEC_HASH_ANNOTATION: &str = "inferscale.dev/spec-hash";
@@ -149,12 +150,24 @@ pub struct Applied {
     pub service_monitor: ServiceMonitorState,
 }
 
-fn controlled_by<K: Resource>(child: &K, se: &ScalingEndpoint) -> bool {
+/// Whether `child` carries a controller owner reference to this very endpoint (its uid, not just
+/// its name: a deleted and re-created endpoint does not inherit the old one's objects).
+pub fn controlled_by<K: Resource>(child: &K, se: &ScalingEndpoint) -> bool {
     let uid = se.metadata.uid.as_deref();
     child
         .owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+fn conflict(kind: &str, name: &str) -> Problem {
+    Problem {
+        reason: reason::CHILD_CONFLICT,
+        message: format!(
+            "{kind} {name:?} already exists and is not controlled by this ScalingEndpoint: \
+             it is left untouched; rename or delete it, or rename the ScalingEndpoint"
+        ),
+    }
 }
 
 fn version<K: Resource>(obj: &K) -> String {
@@ -178,228 +191,11 @@ fn spec_hash<K: Serialize>(obj: &K, kind: &'static str, name: &str) -> Result<St
         .collect())
 }
 
-/// Applies one child with server-side apply, unless it is already as desired.
-async fn apply_child<K>(
-    ctx: &Context,
-    se: &ScalingEndpoint,
-    store: &Store<K>,
-    mut obj: K,
-) -> Result<Result<K, Problem>>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let kind: &'static str = match K::kind(&()) {
+/// The kind of a child type, for messages and the apply memory.
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()) {
         std::borrow::Cow::Borrowed(k) => k,
         std::borrow::Cow::Owned(_) => "object",
-    };
-    let name = obj.name_any();
-    let ns = obj
-        .namespace()
-        .ok_or(Error::MissingObjectKey("namespace"))?;
-    let hash = spec_hash(&obj, kind, &name)?;
-    obj.annotations_mut()
-        .insert(SPEC_HASH_ANNOTATION.to_owned(), hash.clone());
-
-    let existing = store.get(&ObjectRef::new(&name).within(&ns));
-    if let Some(e) = &existing
-        && !controlled_by(e.as_ref(), se)
-    {
-        return Ok(Err(Problem {
-            reason: reason::CHILD_CONFLICT,
-            message: format!(
-                "{kind} {name:?} already exists and is not controlled by this ScalingEndpoint"
-            ),
-        }));
-    }
-    let key: ChildKey = (kind, ns.clone(), name.clone());
-    let remembered = ctx.memory.get(&key);
-    if let Some(e) = &existing {
-        let current = AppliedVersion {
-            hash: hash.clone(),
-            version: version(e.as_ref()),
-        };
-        let cached_hash = e.annotations().get(SPEC_HASH_ANNOTATION);
-        if cached_hash == Some(&hash) && remembered.as_ref() == Some(&current) {
-            return Ok(Ok(e.as_ref().clone()));
-        }
-    }
-
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
-    ctx.memory.set(
-        key,
-        Some(AppliedVersion {
-            hash: hash.clone(),
-            version: version(&applied),
-        }),
-    );
-
-    let cached_hash = existing
-        .as_ref()
-        .and_then(|e| e.annotations().get(SPEC_HASH_ANNOTATION).cloned());
-    if existing.is_none() {
-        ctx.event(
-            se,
-            EventType::Normal,
-            "Created",
-            format!("{kind} {name} created"),
-        )
-        .await;
-    } else if cached_hash.as_ref() != Some(&hash)
-        && remembered.as_ref().map(|r| &r.hash) != Some(&hash)
-    {
-        ctx.event(
-            se,
-            EventType::Normal,
-            "Updated",
-            format!("{kind} {name} updated"),
-        )
-        .await;
-    } else {
-        tracing::debug!(%kind, %name, "re-applied (cache behind, or changed outside the operator)");
-    }
-    Ok(Ok(applied))
-}
-
-/// Deletes a child the spec no longer asks for, if it exists and is this endpoint's.
-async fn delete_child<K>(
-    ctx: &Context,
-    se: &ScalingEndpoint,
-    store: &Store<K>,
-    ns: &str,
-    name: &str,
-) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let Some(existing) = store.get(&ObjectRef::new(name).within(ns)) else {
-        return Ok(());
-    };
-    if !controlled_by(existing.as_ref(), se) {
-        return Ok(());
-    }
-    let kind = K::kind(&()).into_owned();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    // The precondition makes sure a same-named object created meanwhile is not deleted.
-    let dp = DeleteParams {
-        preconditions: existing.uid().map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.is_conflict() => return Ok(()),
-        Err(e) if is_not_found(&e) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    }
-    ctx.event(
-        se,
-        EventType::Normal,
-        "Deleted",
-        format!("{kind} {name} deleted (no longer in the spec)"),
-    )
-    .await;
-    Ok(())
-}
-
-/// Whether the monitoring.coreos.com/v1 ServiceMonitor kind is served, cached briefly.
-async fn service_monitors_served(ctx: &Context) -> Result<bool> {
-    {
-        let cached = ctx
-            .memory
-            .monitoring_crd
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((at, served)) = *cached
-            && at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(served);
-        }
-    }
-    let served = match ctx
-        .client
-        .list_api_group_resources("monitoring.coreos.com/v1")
-        .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
-        Err(e) if is_not_found(&e) => false,
-        Err(e) => return Err(e.into()),
-    };
-    *ctx.memory
-        .monitoring_crd
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), served));
-    Ok(served)
-}
-
-async fn apply_service_monitor(
-    ctx: &Context,
-    se: &ScalingEndpoint,
-    names: &Names,
-    desired: Option<DynamicObject>,
-) -> Result<ServiceMonitorState> {
-    let ar = service_monitor::api_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &names.namespace, &ar);
-    match desired {
-        Some(sm) => {
-            if !service_monitors_served(ctx).await? {
-                return Ok(ServiceMonitorState::CrdMissing);
-            }
-            api.patch(
-                &names.worker(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&sm),
-            )
-            .await?;
-            Ok(ServiceMonitorState::Applied)
-        }
-        None => {
-            // Only look for one to delete when the last status says it was asked for: this
-            // avoids a request per reconcile for a feature most endpoints never use.
-            let had_one = se.condition(types::SERVICE_MONITOR_READY).is_some();
-            if had_one
-                && service_monitors_served(ctx).await?
-                && let Some(existing) = api.get_opt(&names.worker()).await?
-                && controlled_by(&existing, se)
-            {
-                match api
-                    .delete(&names.worker(), &DeleteParams::background())
-                    .await
-                {
-                    Ok(_) => {
-                        let note = format!(
-                            "ServiceMonitor {} deleted (no longer in the spec)",
-                            names.worker()
-                        );
-                        ctx.event(se, EventType::Normal, "Deleted", note).await
-                    }
-                    Err(e) if is_not_found(&e) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(ServiceMonitorState::NotRequested)
-        }
     }
 }
 
@@ -412,57 +208,348 @@ macro_rules! try_apply {
     };
 }
 
-/// Applies every desired child and deletes the ones no longer desired.
-pub async fn apply(
-    ctx: &Context,
-    se: &ScalingEndpoint,
-    names: &Names,
-    children: Children,
-) -> Result<Result<Applied, Problem>> {
-    let s = &ctx.stores;
-    let ns = names.namespace.as_str();
-    // The ConfigMap first: new pods must never start with an old or missing config.
-    try_apply!(apply_child(ctx, se, &s.config_maps, children.config_map));
-    try_apply!(apply_child(ctx, se, &s.services, children.worker_service));
-    let vllm = match (children.vllm_deployment, children.vllm_service) {
-        (Some(d), Some(svc)) => {
-            try_apply!(apply_child(ctx, se, &s.services, svc));
-            Some(try_apply!(apply_child(ctx, se, &s.deployments, d)))
+/// Writes an endpoint's children: what the controller's context owns for applying, deleting and
+/// reporting. Apply never reaches back into the controller; the controller calls [`Applier::apply`]
+/// and [`Applier::event`].
+pub struct Applier {
+    pub client: Client,
+    /// The children's caches, filled by the controller's watches.
+    pub stores: Stores,
+    memory: ApplyMemory,
+    recorder: Recorder,
+}
+
+impl Applier {
+    pub fn new(client: Client, stores: Stores, recorder: Recorder) -> Self {
+        Self {
+            client,
+            stores,
+            memory: ApplyMemory::default(),
+            recorder,
         }
-        _ => {
-            delete_child(ctx, se, &s.deployments, ns, &names.vllm()).await?;
-            delete_child(ctx, se, &s.services, ns, &names.vllm()).await?;
-            None
-        }
-    };
-    let worker = try_apply!(apply_child(
-        ctx,
-        se,
-        &s.deployments,
-        children.worker_deployment
-    ));
-    match children.worker_hpa {
-        Some(h) => {
-            try_apply!(apply_child(ctx, se, &s.hpas, h));
-        }
-        None => delete_child(ctx, se, &s.hpas, ns, &names.worker()).await?,
     }
-    match children.worker_pdb {
-        Some(p) => {
-            try_apply!(apply_child(ctx, se, &s.pdbs, p));
+
+    /// Publishes an Event on the endpoint. A failure to publish is logged, never fatal: Events
+    /// are best effort by design.
+    pub async fn event(&self, se: &ScalingEndpoint, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &se.object_ref(&())).await {
+            warn!(error = %e, %reason, "could not publish an Event");
         }
-        None => delete_child(ctx, se, &s.pdbs, ns, &names.worker()).await?,
     }
-    match children.vllm_pdb {
-        Some(p) => {
-            try_apply!(apply_child(ctx, se, &s.pdbs, p));
+
+    /// Forgets what was applied to children that no longer exist, so the memory stays bounded.
+    pub fn prune_memory(&self) {
+        self.memory.prune(&self.stores);
+    }
+
+    /// Applies every desired child and deletes the ones no longer desired. A child whose name is
+    /// taken by an object this endpoint does not control is a [`Problem`] (`ChildConflict`): that
+    /// object is neither changed nor deleted.
+    pub async fn apply(
+        &self,
+        se: &ScalingEndpoint,
+        names: &Names,
+        children: Children,
+    ) -> Result<Result<Applied, Problem>> {
+        let s = &self.stores;
+        let ns = names.namespace.as_str();
+        // The ConfigMap first: new pods must never start with an old or missing config.
+        try_apply!(self.apply_child(se, &s.config_maps, children.config_map));
+        try_apply!(self.apply_child(se, &s.services, children.worker_service));
+        let vllm = match (children.vllm_deployment, children.vllm_service) {
+            (Some(d), Some(svc)) => {
+                try_apply!(self.apply_child(se, &s.services, svc));
+                Some(try_apply!(self.apply_child(se, &s.deployments, d)))
+            }
+            _ => {
+                self.delete_child(se, &s.deployments, ns, &names.vllm())
+                    .await?;
+                self.delete_child(se, &s.services, ns, &names.vllm())
+                    .await?;
+                None
+            }
+        };
+        let worker = try_apply!(self.apply_child(se, &s.deployments, children.worker_deployment));
+        match children.worker_hpa {
+            Some(h) => {
+                try_apply!(self.apply_child(se, &s.hpas, h));
+            }
+            None => self.delete_child(se, &s.hpas, ns, &names.worker()).await?,
         }
-        None => delete_child(ctx, se, &s.pdbs, ns, &names.vllm()).await?,
+        match children.worker_pdb {
+            Some(p) => {
+                try_apply!(self.apply_child(se, &s.pdbs, p));
+            }
+            None => self.delete_child(se, &s.pdbs, ns, &names.worker()).await?,
+        }
+        match children.vllm_pdb {
+            Some(p) => {
+                try_apply!(self.apply_child(se, &s.pdbs, p));
+            }
+            None => self.delete_child(se, &s.pdbs, ns, &names.vllm()).await?,
+        }
+        let service_monitor =
+            try_apply!(self.apply_service_monitor(se, names, children.service_monitor));
+        Ok(Ok(Applied {
+            worker,
+            vllm,
+            service_monitor,
+        }))
     }
-    let service_monitor = apply_service_monitor(ctx, se, names, children.service_monitor).await?;
-    Ok(Ok(Applied {
-        worker,
-        vllm,
-        service_monitor,
-    }))
+
+    /// The child of that name as it exists now: from the cache, which holds only objects with the
+    /// operator's label, or else from the API server, so an unlabelled object of the same name is
+    /// seen too. `None` means no such object exists.
+    async fn current<K>(&self, store: &Store<K>, ns: &str, name: &str) -> Result<Option<K>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        if let Some(cached) = store.get(&ObjectRef::new(name).within(ns)) {
+            return Ok(Some(cached.as_ref().clone()));
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?)
+    }
+
+    /// Applies one child with server-side apply, unless it is already as desired; refuses to touch
+    /// an object of that name the endpoint does not control.
+    async fn apply_child<K>(
+        &self,
+        se: &ScalingEndpoint,
+        store: &Store<K>,
+        mut obj: K,
+    ) -> Result<Result<K, Problem>>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        let kind = kind_of::<K>();
+        let name = obj.name_any();
+        let ns = obj
+            .namespace()
+            .ok_or(Error::MissingObjectKey("namespace"))?;
+        let hash = spec_hash(&obj, kind, &name)?;
+        obj.annotations_mut()
+            .insert(SPEC_HASH_ANNOTATION.to_owned(), hash.clone());
+
+        let existing = self.current(store, &ns, &name).await?;
+        if let Some(e) = &existing
+            && !controlled_by(e, se)
+        {
+            return Ok(Err(conflict(kind, &name)));
+        }
+        let key: ChildKey = (kind, ns.clone(), name.clone());
+        let remembered = self.memory.get(&key);
+        if let Some(e) = &existing {
+            let current = AppliedVersion {
+                hash: hash.clone(),
+                version: version(e),
+            };
+            let cached_hash = e.annotations().get(SPEC_HASH_ANNOTATION);
+            if cached_hash == Some(&hash) && remembered.as_ref() == Some(&current) {
+                return Ok(Ok(e.clone()));
+            }
+        }
+
+        // An existing child is applied with its uid as a precondition: if it was replaced by
+        // someone else's object since it was read, the API server refuses the apply ("uid
+        // mismatch") instead of taking the new object over. A missing child is created by the
+        // apply; server-side apply has no create-only form, so an object created in the moment
+        // between the lookup and the apply would still be taken over (see docs/operator.md).
+        obj.meta_mut().uid = existing.as_ref().and_then(|e| e.meta().uid.clone());
+        let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+        self.memory.set(
+            key,
+            Some(AppliedVersion {
+                hash: hash.clone(),
+                version: version(&applied),
+            }),
+        );
+
+        let cached_hash = existing
+            .as_ref()
+            .and_then(|e| e.annotations().get(SPEC_HASH_ANNOTATION).cloned());
+        if existing.is_none() {
+            let note = format!("{kind} {name} created");
+            self.event(se, EventType::Normal, "Created", note).await;
+        } else if cached_hash.as_ref() != Some(&hash)
+            && remembered.as_ref().map(|r| &r.hash) != Some(&hash)
+        {
+            let note = format!("{kind} {name} updated");
+            self.event(se, EventType::Normal, "Updated", note).await;
+        } else {
+            tracing::debug!(%kind, %name, "re-applied (cache behind, or changed outside the operator)");
+        }
+        Ok(Ok(applied))
+    }
+
+    /// Deletes a child the spec no longer asks for, if it exists and is this endpoint's.
+    async fn delete_child<K>(
+        &self,
+        se: &ScalingEndpoint,
+        store: &Store<K>,
+        ns: &str,
+        name: &str,
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Send
+            + Sync
+            + 'static,
+    {
+        // The cache holds every labelled object; one without the label is not the operator's.
+        let Some(existing) = store.get(&ObjectRef::new(name).within(ns)) else {
+            return Ok(());
+        };
+        if !controlled_by(existing.as_ref(), se) {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+        self.delete_controlled(se, &api, kind_of::<K>(), name, existing.uid())
+            .await
+    }
+
+    /// Deletes an object the endpoint controls. The uid precondition makes sure a same-named
+    /// object created meanwhile is not deleted.
+    async fn delete_controlled<K>(
+        &self,
+        se: &ScalingEndpoint,
+        api: &Api<K>,
+        kind: &str,
+        name: &str,
+        uid: Option<String>,
+    ) -> Result<()>
+    where
+        K: Resource + Clone + Debug + DeserializeOwned,
+    {
+        let dp = DeleteParams {
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_conflict() => return Ok(()),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let note = format!("{kind} {name} deleted (no longer in the spec)");
+        self.event(se, EventType::Normal, "Deleted", note).await;
+        Ok(())
+    }
+
+    /// Whether the monitoring.coreos.com/v1 ServiceMonitor kind is served, cached briefly.
+    async fn service_monitors_served(&self) -> Result<bool> {
+        {
+            let cached = self
+                .memory
+                .monitoring_crd
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some((at, served)) = *cached
+                && at.elapsed() < DISCOVERY_TTL
+            {
+                return Ok(served);
+            }
+        }
+        let served = match self
+            .client
+            .list_api_group_resources("monitoring.coreos.com/v1")
+            .await
+        {
+            Ok(list) => list.resources.iter().any(|r| r.name == "servicemonitors"),
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+        *self
+            .memory
+            .monitoring_crd
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), served));
+        Ok(served)
+    }
+
+    /// Applies or deletes the ServiceMonitor. There is no cache of ServiceMonitors (their CRD may
+    /// be missing), so what exists is read from the API server whenever the kind is served: the
+    /// decision to delete depends on the object, never on the endpoint's last status.
+    async fn apply_service_monitor(
+        &self,
+        se: &ScalingEndpoint,
+        names: &Names,
+        desired: Option<DynamicObject>,
+    ) -> Result<Result<ServiceMonitorState, Problem>> {
+        const KIND: &str = "ServiceMonitor";
+        let name = names.worker();
+        if !self.service_monitors_served().await? {
+            // Without the kind, no ServiceMonitor can exist to be deleted.
+            return Ok(Ok(match desired {
+                Some(_) => ServiceMonitorState::CrdMissing,
+                None => ServiceMonitorState::NotRequested,
+            }));
+        }
+        let ar = service_monitor::api_resource();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &names.namespace, &ar);
+        let existing = match api.get_opt(&name).await {
+            Ok(existing) => existing,
+            // Without RBAC for ServiceMonitors (the chart's `rbac.serviceMonitors: false`) the
+            // operator never created one, so there is nothing of its own to delete.
+            Err(kube::Error::Api(s)) if s.is_forbidden() && desired.is_none() => {
+                return Ok(Ok(ServiceMonitorState::NotRequested));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let controlled = existing.as_ref().map(|e| controlled_by(e, se));
+        match desired {
+            Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, &name))),
+            Some(mut sm) => {
+                // As for the other children: the uid of what was checked is a precondition.
+                sm.metadata.uid = existing.and_then(|e| e.metadata.uid);
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&sm),
+                )
+                .await?;
+                Ok(Ok(ServiceMonitorState::Applied))
+            }
+            None => {
+                if let Some(e) = existing
+                    && controlled == Some(true)
+                {
+                    self.delete_controlled(se, &api, KIND, &name, e.metadata.uid)
+                        .await?;
+                }
+                Ok(Ok(ServiceMonitorState::NotRequested))
+            }
+        }
+    }
 }

@@ -16,21 +16,23 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::apply::{self, ApplyMemory, Stores};
-use crate::build::{self, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, Names, OperatorDefaults};
+use crate::apply::{Applier, Stores, controlled_by};
+use crate::build::{self, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, OperatorDefaults};
 use crate::crd::ScalingEndpoint;
 use crate::dereference::{fetch_secrets, references_secret, secret_uses};
 use crate::error::{Error, Result};
+use crate::layout::Names;
 use crate::metrics::Metrics;
+use crate::problem::Problem;
 use crate::status::{self, Observed, ServiceMonitorState, types};
-use crate::validate::{Problem, validate};
+use crate::validate::validate;
 
 /// How often a healthy endpoint is reconciled without any trigger (drift safety net).
 const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -54,15 +56,14 @@ pub struct Settings {
 /// Shared state of all reconciles.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub defaults: OperatorDefaults,
-    pub stores: Stores,
+    /// Writes the children and publishes Events; owns the children's caches.
+    pub applier: Applier,
     /// Set once every child cache holds its initial list. Reconciles wait on this cell rather than
     /// on the stores directly: kube-runtime's `Store::wait_until_ready` keeps only the most recent
     /// waiter's waker, so concurrent first reconciles could otherwise sleep forever.
     stores_ready: tokio::sync::OnceCell<()>,
-    pub(crate) memory: ApplyMemory,
     /// Consecutive failures per endpoint, for exponential backoff (kube-runtime has none for
     /// reconcile errors).
     failures: Mutex<HashMap<ObjectRef<ScalingEndpoint>, u32>>,
@@ -72,16 +73,12 @@ impl Context {
     /// Publishes an Event on the endpoint. A failure to publish is logged, never fatal: Events are
     /// best effort by design.
     pub async fn event(&self, se: &ScalingEndpoint, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &se.object_ref(&())).await {
-            warn!(error = %e, %reason, "could not publish an Event");
-        }
+        self.applier.event(se, type_, reason, note).await;
+    }
+
+    /// The children's caches.
+    pub fn stores(&self) -> &Stores {
+        &self.applier.stores
     }
 
     /// The next retry delay of an endpoint: 2s, 4s, 8s … up to 5 minutes.
@@ -105,10 +102,16 @@ impl Context {
 pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile();
     ctx.stores_ready
-        .get_or_try_init(|| ctx.stores.wait_ready())
+        .get_or_try_init(|| ctx.stores().wait_ready())
         .await?;
     let names = Names::of(&se)?;
     let key = ObjectRef::from_obj(se.as_ref());
+    if se.metadata.deletion_timestamp.is_some() {
+        // The garbage collector is deleting the children (in the foreground, the endpoint waits
+        // for them): re-creating them now would keep the endpoint from ever going away.
+        debug!(endpoint = %key, "being deleted; leaving its children to the garbage collector");
+        return Ok(Action::await_change());
+    }
 
     // Dereference → validate → build → apply.
     let secrets = fetch_secrets(&ctx.client, &names.namespace, &secret_uses(&se.spec)).await?;
@@ -118,7 +121,7 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
     match validate(&se, &secrets)? {
         Ok(resolved) => {
             let children = build::build(&se, &resolved, &ctx.defaults)?;
-            match apply::apply(&ctx, &se, &names, children).await? {
+            match ctx.applier.apply(&se, &names, children).await? {
                 Ok(a) => {
                     config_hash = Some(resolved.config_hash);
                     applied = Some(a);
@@ -129,12 +132,18 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
         Err(p) => problem = Some(p),
     }
 
-    // Status, from what exists: the applied objects, or the cached ones when nothing was applied.
+    // Status, from what exists: the applied objects, or the cached ones when nothing was applied
+    // (only this endpoint's: a same-named Deployment of someone else is not its workers).
+    let own_deployment = |name: String| {
+        ctx.stores()
+            .deployment(&names.namespace, &name)
+            .filter(|d| controlled_by(d, &se))
+    };
     let (worker, vllm, service_monitor) = match applied {
         Some(a) => (Some(a.worker), a.vllm, a.service_monitor),
         None => (
-            ctx.stores.deployment(&names.namespace, &names.worker()),
-            ctx.stores.deployment(&names.namespace, &names.vllm()),
+            own_deployment(names.worker()),
+            own_deployment(names.vllm()),
             ServiceMonitorState::NotRequested,
         ),
     };
@@ -309,20 +318,19 @@ async fn run_in(
         hpas,
         pdbs,
     };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "inferscale-operator".to_owned(),
+            instance: settings.instance.clone(),
+        },
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "inferscale-operator".to_owned(),
-                instance: settings.instance.clone(),
-            },
-        ),
         metrics,
         defaults: settings.defaults.clone(),
-        stores: stores.clone(),
+        applier: Applier::new(client.clone(), stores, recorder),
         stores_ready: tokio::sync::OnceCell::new(),
-        memory: ApplyMemory::default(),
         failures: Mutex::new(HashMap::new()),
     });
 
@@ -353,7 +361,7 @@ async fn run_in(
         let mut tick = tokio::time::interval(Duration::from_secs(300));
         loop {
             tick.tick().await;
-            prune_ctx.memory.prune(&prune_ctx.stores);
+            prune_ctx.applier.prune_memory();
             prune_ctx
                 .failures
                 .lock()

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use inferscale_worker::config::{AlgorithmName, JudgeMode, ToolVote};
+use inferscale_worker::config::{
+    AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ProviderKind, ToolVote,
+};
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -106,10 +108,10 @@ pub struct ModelSpec {
     /// `provider` is not set.
     #[x_kube(validation = Rule::new("self != ''").message("model name must not be empty"))]
     pub name: String,
-    /// `openai`, `bedrock` or `openai-compatible` (any server speaking OpenAI chat completions).
-    /// Unset: routed by the model string's prefix.
+    /// `openai`, `bedrock`, `openai-compatible` (any server speaking OpenAI chat completions) or
+    /// `litellm` (routed by the model string's prefix, as when unset). The worker's own type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider: Option<Provider>,
+    pub provider: Option<ProviderKind>,
     /// Upstream base URL (e.g. `https://api.openai.com/v1`) or `auto` (the provider's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(
@@ -124,15 +126,6 @@ pub struct ModelSpec {
     /// AWS settings for Bedrock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSpec>,
-}
-
-/// Provider family of an upstream model.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Provider {
-    Openai,
-    Bedrock,
-    OpenaiCompatible,
 }
 
 /// A key in a Secret of the ScalingEndpoint's namespace.
@@ -186,6 +179,10 @@ pub struct AwsCredentialsRef {
     pub session_token_key: Option<String>,
 }
 
+fn default_max_budget() -> Option<i32> {
+    i32::try_from(DEFAULT_MAX_BUDGET).ok()
+}
+
 fn default_access_key_id_key() -> String {
     "AWS_ACCESS_KEY_ID".to_owned()
 }
@@ -201,8 +198,8 @@ fn default_secret_access_key_key() -> String {
         .message("toolVote, excludeArgs and regexPatterns are only valid with algorithm self-consistency")
 )]
 #[x_kube(
-    validation = Rule::new("(!has(self.defaultBudget) || self.defaultBudget >= 1) && (!has(self.maxBudget) || (self.maxBudget >= 1 && self.maxBudget <= 1000)) && (!has(self.defaultBudget) || self.defaultBudget <= (has(self.maxBudget) ? self.maxBudget : 1000))")
-        .message("budgets must satisfy 1 <= defaultBudget <= maxBudget <= 1000")
+    validation = Rule::new(format!("(!has(self.defaultBudget) || self.defaultBudget >= 1) && (!has(self.maxBudget) || (self.maxBudget >= 1 && self.maxBudget <= {MAX_BUDGET_LIMIT})) && (!has(self.defaultBudget) || self.defaultBudget <= (has(self.maxBudget) ? self.maxBudget : {MAX_BUDGET_LIMIT}))"))
+        .message(kube::core::Message::Message(format!("budgets must satisfy 1 <= defaultBudget <= maxBudget <= {MAX_BUDGET_LIMIT}")))
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AlgorithmSpec {
@@ -224,8 +221,12 @@ pub struct AlgorithmSpec {
     /// Candidates per request when the request does not say (1 to maxBudget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_budget: Option<i32>,
-    /// Largest budget a request may ask for (at most 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Largest budget a request may ask for (1 to 1000, default 16: each unit is one paid
+    /// upstream call).
+    #[serde(
+        default = "default_max_budget",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_budget: Option<i32>,
 }
 
@@ -624,5 +625,20 @@ mod tests {
             .collect();
         assert_eq!(cols, ["Algorithm", "Model", "Ready", "URL", "Age"]);
         assert_eq!(crd.spec.names.short_names, Some(vec!["se".to_owned()]));
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Test-only builders of ScalingEndpoints from YAML.
+    use super::ScalingEndpoint;
+
+    /// Parses a ScalingEndpoint and gives it what the API server would: namespace, uid, generation.
+    pub fn endpoint(yaml: &str) -> ScalingEndpoint {
+        let mut se: ScalingEndpoint = serde_yaml::from_str(yaml).expect("fixture parses");
+        se.metadata.namespace.get_or_insert_with(|| "ns".to_owned());
+        se.metadata.uid = Some("uid-1".to_owned());
+        se.metadata.generation = Some(1);
+        se
     }
 }

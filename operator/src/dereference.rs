@@ -118,7 +118,7 @@ pub fn references_secret(spec: &ScalingEndpointSpec, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::endpoint;
+    use crate::crd::fixtures::endpoint;
 
     #[test]
     fn every_reference_is_listed_with_its_field() {

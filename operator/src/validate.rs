@@ -5,48 +5,18 @@
 //! [`WorkerConfig::validate`]: the operator never accepts a config the worker would refuse.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use inferscale_worker::config::{
     AlgorithmName, LogFormat, ProviderKind, SecretValue, ServerSettings, WorkerConfig,
 };
 use sha2::{Digest, Sha256};
 
-use crate::build::Names;
-use crate::crd::{ModelSpec, Provider, ScalingEndpoint};
+use crate::crd::{ModelSpec, ScalingEndpoint};
+use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom_endpoints};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::error::{Error, Result};
-
-/// Directory under which each referenced Secret is mounted whole, as `<dir>/<secret-name>/`.
-pub const SECRETS_DIR: &str = "/etc/inferscale/secrets";
-/// Directory of the mounted ConfigMap.
-pub const CONFIG_DIR: &str = "/etc/inferscale/config";
-/// File name of the worker configuration in the ConfigMap.
-pub const CONFIG_FILE: &str = "config.yaml";
-
-/// Reasons of `ConfigValid=False` (and of `Ready=False` while config is invalid).
-pub mod reason {
-    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
-    pub const INVALID_CONFIG: &str = "InvalidConfig";
-    pub const CHILD_CONFLICT: &str = "ChildConflict";
-}
-
-/// The first thing wrong with a spec, as a condition reason (CamelCase) and a message that names
-/// it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Problem {
-    fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            reason: reason::INVALID_CONFIG,
-            message: message.into(),
-        }
-    }
-}
+use crate::layout::{Names, secret_file};
+pub use crate::problem::{Problem, reason};
 
 /// A valid endpoint: the worker configuration and what the workers mount.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,17 +30,15 @@ pub struct Resolved {
     pub worker_secrets: Vec<String>,
 }
 
-/// Path at which the workers read a Secret key.
-pub fn secret_file(secret: &str, key: &str) -> PathBuf {
-    PathBuf::from(format!("{SECRETS_DIR}/{secret}/{key}"))
-}
-
 /// Checks the spec against its Secrets and renders the worker configuration.
 ///
 /// The outer `Result` is an operator failure; the inner one is the user's problem.
 pub fn validate(se: &ScalingEndpoint, secrets: &Secrets) -> Result<Result<Resolved, Problem>> {
     let uses = secret_uses(&se.spec);
     if let Err(p) = check_secrets(&uses, secrets) {
+        return Ok(Err(p));
+    }
+    if let Err(p) = check_custom_endpoint_secrets(se, secrets) {
         return Ok(Err(p));
     }
     let names = Names::of(se)?;
@@ -130,12 +98,29 @@ fn check_secrets(uses: &[SecretUse], secrets: &Secrets) -> Result<(), Problem> {
     Ok(())
 }
 
-fn provider(p: Option<Provider>) -> Option<ProviderKind> {
-    p.map(|p| match p {
-        Provider::Openai => ProviderKind::Openai,
-        Provider::Bedrock => ProviderKind::Bedrock,
-        Provider::OpenaiCompatible => ProviderKind::OpenaiCompatible,
-    })
+/// A Secret the workers would send to an endpoint other than the provider's official API must
+/// carry the opt-in label; otherwise creating a ScalingEndpoint would let its author read any
+/// Secret of the namespace (see `custom_endpoint`).
+fn check_custom_endpoint_secrets(se: &ScalingEndpoint, secrets: &Secrets) -> Result<(), Problem> {
+    for u in secrets_sent_to_custom_endpoints(&se.spec) {
+        let allowed = secrets
+            .get(&u.secret)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.metadata.labels.as_ref())
+            .and_then(|l| l.get(ALLOW_CUSTOM_ENDPOINT_LABEL))
+            .is_some_and(|v| v == "true");
+        if !allowed {
+            return Err(Problem {
+                reason: reason::SECRET_NOT_ALLOWED,
+                message: format!(
+                    "secret {:?} (referenced by {}) would be sent to {:?}, which is not the provider's official API: \
+                     label the Secret {ALLOW_CUSTOM_ENDPOINT_LABEL}=true to allow that",
+                    u.secret, u.field, u.endpoint
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn file(secret: &str, key: &str) -> SecretValue {
@@ -191,7 +176,7 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         c.provider = Some(ProviderKind::OpenaiCompatible);
         c.endpoint = names.vllm_url();
     } else {
-        c.provider = provider(spec.model.provider);
+        c.provider = spec.model.provider;
         c.endpoint = spec
             .model
             .endpoint
@@ -216,7 +201,7 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         let m = &judge.model;
         c.rm_name = (alg.name == AlgorithmName::BestOfN).then(|| "llm-judge".to_owned());
         c.judge_model = Some(m.name.clone());
-        c.judge_provider = provider(m.provider);
+        c.judge_provider = m.provider;
         c.judge_base_url = Some(m.endpoint.clone().unwrap_or_else(|| "auto".to_owned()));
         c.judge_api_key = m.api_key_secret_ref.as_ref().map(|r| file(&r.name, &r.key));
         c.judge_mode = judge.mode;
@@ -300,7 +285,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::endpoint;
+    use crate::crd::fixtures::endpoint;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
 
@@ -522,5 +507,53 @@ spec:
         );
         let p = validate(&se, &Secrets::new()).unwrap().unwrap_err();
         assert!(p.message.contains("spec.judge.aws"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_secret_for_a_custom_endpoint_needs_the_label() {
+        let se = endpoint(
+            r#"
+metadata: {name: x}
+spec:
+  model:
+    name: gpt-4o
+    endpoint: https://attacker.invalid/v1
+    apiKeySecretRef: {name: db-creds, key: password}
+  algorithm: {name: self-consistency}
+"#,
+        );
+        let (name, unlabelled) = secret("db-creds", &[("password", "hunter2")]);
+        let secrets = Secrets::from([(name.clone(), unlabelled.clone())]);
+        let p = validate(&se, &secrets).unwrap().unwrap_err();
+        assert_eq!(p.reason, "SecretNotAllowed");
+        assert!(
+            p.message.contains(r#"secret "db-creds""#)
+                && p.message
+                    .contains("inferscale.dev/allow-custom-endpoint=true")
+                && p.message.contains("https://attacker.invalid/v1"),
+            "{}",
+            p.message
+        );
+        assert!(!p.message.contains("hunter2"));
+
+        let mut labelled = unlabelled.clone().unwrap();
+        labelled.metadata.labels = Some(BTreeMap::from([(
+            "inferscale.dev/allow-custom-endpoint".to_owned(),
+            "true".to_owned(),
+        )]));
+        let r = ok(
+            &se,
+            &Secrets::from([(name.clone(), Some(labelled.clone()))]),
+        );
+        assert_eq!(r.worker_secrets, vec!["db-creds".to_owned()]);
+
+        labelled.metadata.labels = Some(BTreeMap::from([(
+            "inferscale.dev/allow-custom-endpoint".to_owned(),
+            "false".to_owned(),
+        )]));
+        let p = validate(&se, &Secrets::from([(name, Some(labelled))]))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(p.reason, "SecretNotAllowed");
     }
 }

@@ -90,24 +90,26 @@ docs/operator.md "RBAC" and operator/src/{controller,apply,dereference}.rs.
 - apiGroups: [inferscale.dev]
   resources: [scalingendpoints/finalizers]
   verbs: [update]
-# Children: cached by watches (list, watch), written by server-side apply (patch, and create
-# for a patch that creates), removed when the spec no longer asks for them (delete). The worker
-# ConfigMap is never removed by the operator (only by garbage collection with its endpoint).
+# Children: cached by watches (list, watch), looked up before they are created (get: the caches
+# hold only labelled objects, and a same-named object of someone else must never be taken over),
+# written by server-side apply (patch, and create for a patch that creates), removed when the spec
+# no longer asks for them (delete). The worker ConfigMap is never removed by the operator (only by
+# garbage collection with its endpoint).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [list, watch, create, patch]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 # Secrets are read: get of the referenced ones, list/watch as metadata only (a rotated Secret
 # re-reconciles its endpoints).
 - apiGroups: [""]

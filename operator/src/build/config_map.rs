@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{Component, Names, child_meta};
 use crate::error::Result;
-use crate::validate::{CONFIG_FILE, Resolved};
+use crate::layout::CONFIG_FILE;
+use crate::validate::Resolved;
 
 pub fn build(names: &Names, owner: &OwnerReference, resolved: &Resolved) -> Result<ConfigMap> {
     Ok(ConfigMap {

@@ -1,9 +1,7 @@
 //! Pure builders: from a validated ScalingEndpoint to the objects the operator applies. Nothing
 //! here talks to the API server, so every child can be unit-tested from a spec.
 //!
-//! Naming: the workers' Deployment and Service are `<name>` (so the URL is
-//! `http://<name>.<ns>.svc:<port>/v1`), the ConfigMap `<name>-config`, vLLM's Deployment and
-//! Service `<name>-vllm`, the HPA and PDB follow the Deployment they target.
+//! Names and mount paths come from [`crate::layout`], shared with validation.
 
 pub mod autoscaling;
 pub mod config_map;
@@ -24,6 +22,7 @@ use kube::api::DynamicObject;
 
 use crate::crd::ScalingEndpoint;
 use crate::error::{Error, Result};
+pub use crate::layout::{Names, VLLM_PORT};
 use crate::validate::Resolved;
 
 /// Field manager of every server-side apply the operator makes.
@@ -38,8 +37,6 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 /// Pod-template annotation whose change rolls the workers: sha256 of the rendered config and of
 /// the referenced Secret keys.
 pub const CONFIG_HASH_ANNOTATION: &str = "inferscale.dev/config-hash";
-/// Port vLLM listens on.
-pub const VLLM_PORT: i32 = 8000;
 
 /// Settings of the operator process that shape children (from its command line).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,56 +78,6 @@ impl Component {
             Component::Worker => "inferscale-worker",
             Component::ModelServer => "inferscale-vllm",
         }
-    }
-}
-
-/// Names of the children of one endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    pub endpoint: String,
-    pub namespace: String,
-}
-
-impl Names {
-    pub fn of(se: &ScalingEndpoint) -> Result<Self> {
-        Ok(Self {
-            endpoint: se
-                .metadata
-                .name
-                .clone()
-                .ok_or(Error::MissingObjectKey("name"))?,
-            namespace: se
-                .metadata
-                .namespace
-                .clone()
-                .ok_or(Error::MissingObjectKey("namespace"))?,
-        })
-    }
-
-    pub fn worker(&self) -> String {
-        self.endpoint.clone()
-    }
-
-    pub fn config_map(&self) -> String {
-        format!("{}-config", self.endpoint)
-    }
-
-    pub fn vllm(&self) -> String {
-        format!("{}-vllm", self.endpoint)
-    }
-
-    /// Base URL of the in-cluster vLLM Service, as the workers call it.
-    pub fn vllm_url(&self) -> String {
-        format!(
-            "http://{}.{}.svc:{VLLM_PORT}/v1",
-            self.vllm(),
-            self.namespace
-        )
-    }
-
-    /// The URL clients use: the workers' Service.
-    pub fn url(&self, port: i32) -> String {
-        format!("http://{}.{}.svc:{port}/v1", self.worker(), self.namespace)
     }
 }
 
@@ -245,16 +192,4 @@ pub fn build(
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    //! Test-only builders of ScalingEndpoints from YAML.
-    use crate::crd::ScalingEndpoint;
-
-    /// Parses a ScalingEndpoint and gives it what the API server would: namespace, uid, generation.
-    pub fn endpoint(yaml: &str) -> ScalingEndpoint {
-        let mut se: ScalingEndpoint = serde_yaml::from_str(yaml).expect("fixture parses");
-        se.metadata.namespace.get_or_insert_with(|| "ns".to_owned());
-        se.metadata.uid = Some("uid-1".to_owned());
-        se.metadata.generation = Some(1);
-        se
-    }
-}
+pub(crate) use crate::crd::fixtures;

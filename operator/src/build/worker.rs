@@ -20,7 +20,8 @@ use super::{
     CONFIG_HASH_ANNOTATION, Component, Names, OperatorDefaults, child_meta, label_selector, labels,
 };
 use crate::crd::ScalingEndpointSpec;
-use crate::validate::{CONFIG_DIR, CONFIG_FILE, Resolved, SECRETS_DIR};
+use crate::layout::{CONFIG_DIR, CONFIG_FILE, SECRETS_DIR};
+use crate::validate::Resolved;
 
 /// The distroless images' `nonroot` user; the worker needs no privileges.
 const NONROOT: i64 = 65532;
