@@ -22,12 +22,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::build::{Children, FIELD_MANAGER, Names, service_monitor};
+use crate::build::{Children, FIELD_MANAGER, Names, service_monitor, vllm};
 use crate::controller::Context;
 use crate::crd::ScalingEndpoint;
 use crate::error::{Error, Result, is_not_found};
 use crate::status::{ServiceMonitorState, types};
 use crate::validate::{Problem, reason};
+use crate::vllm_key::{self, KeyState};
+use crate::{apply_failure, config_rollout};
 
 /// Annotation on each child: sha256 of the object the operator applied.
 pub const SPEC_HASH_ANNOTATION: &str = "inferscale.dev/spec-hash";
@@ -232,13 +234,11 @@ where
     }
 
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let applied = match api.patch(&name, &params, &Patch::Apply(&obj)).await {
+        Ok(applied) => applied,
+        Err(e) => return apply_failure::into_problem(kind, &name, e).map(Err),
+    };
     ctx.memory.set(
         key,
         Some(AppliedVersion {
@@ -426,6 +426,11 @@ pub async fn apply(
     try_apply!(apply_child(ctx, se, &s.services, children.worker_service));
     let vllm = match (children.vllm_deployment, children.vllm_service) {
         (Some(d), Some(svc)) => {
+            // The key first: vLLM and the workers both mount it.
+            if try_apply!(vllm_key::ensure(&ctx.client, se, names)) == KeyState::Created {
+                let note = format!("Secret {} created", vllm::key_secret_name(names));
+                ctx.event(se, EventType::Normal, "Created", note).await;
+            }
             try_apply!(apply_child(ctx, se, &s.services, svc));
             Some(try_apply!(apply_child(ctx, se, &s.deployments, d)))
         }
@@ -441,6 +446,10 @@ pub async fn apply(
         &s.deployments,
         children.worker_deployment
     ));
+    for name in config_rollout::prune(&ctx.client, &s.config_maps, se, names, &worker).await? {
+        let note = format!("ConfigMap {name} deleted (no worker pod uses it any more)");
+        ctx.event(se, EventType::Normal, "Deleted", note).await;
+    }
     match children.worker_hpa {
         Some(h) => {
             try_apply!(apply_child(ctx, se, &s.hpas, h));

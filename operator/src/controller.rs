@@ -24,13 +24,16 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::apply::{self, ApplyMemory, Stores};
-use crate::build::{self, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, Names, OperatorDefaults};
+use crate::build::{
+    self, Component, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, Names, OperatorDefaults,
+};
 use crate::crd::ScalingEndpoint;
 use crate::dereference::{fetch_secrets, references_secret, secret_uses};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::status::{self, Observed, ServiceMonitorState, types};
 use crate::validate::{Problem, validate};
+use crate::workload_health;
 
 /// How often a healthy endpoint is reconciled without any trigger (drift safety net).
 const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -138,11 +141,23 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
             ServiceMonitorState::NotRequested,
         ),
     };
+    let worker_pods =
+        workload_health::pods_to_diagnose(&ctx.client, &names, Component::Worker, worker.as_ref())
+            .await?;
+    let vllm_pods = workload_health::pods_to_diagnose(
+        &ctx.client,
+        &names,
+        Component::ModelServer,
+        vllm.as_ref(),
+    )
+    .await?;
     let observed = Observed {
         problem: problem.as_ref(),
         config_hash,
         worker: worker.as_ref(),
         vllm: vllm.as_ref(),
+        worker_pods: &worker_pods,
+        vllm_pods: &vllm_pods,
         service_monitor,
     };
     let status = status::compute(&se, &names, &observed, &Time(Timestamp::now()));

@@ -20,6 +20,8 @@ pub enum Error {
     MissingObjectKey(&'static str),
     #[error("the {0} watch stopped before its cache was filled")]
     CacheNotReady(&'static str),
+    #[error("could not read random bytes for vLLM's API key: {0}")]
+    RandomKey(#[source] std::io::Error),
 }
 
 impl Error {
@@ -34,6 +36,7 @@ impl Error {
             Error::RenderConfig(_) => "RenderConfig",
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::CacheNotReady(_) => "CacheNotReady",
+            Error::RandomKey(_) => "RandomKey",
         }
     }
 }

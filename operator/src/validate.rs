@@ -198,11 +198,15 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
             .clone()
             .unwrap_or_else(|| "auto".to_owned());
     }
-    c.api_key = spec
-        .model
-        .api_key_secret_ref
-        .as_ref()
-        .map(|r| file(&r.name, &r.key));
+    c.api_key = match spec.vllm {
+        // Only the workers know in-cluster vLLM's key (the Secret the operator generated).
+        Some(_) => Some(crate::build::vllm::worker_api_key(names)),
+        None => spec
+            .model
+            .api_key_secret_ref
+            .as_ref()
+            .map(|r| file(&r.name, &r.key)),
+    };
 
     let alg = &spec.algorithm;
     c.alg = alg.name;

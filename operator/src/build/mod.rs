@@ -2,7 +2,8 @@
 //! here talks to the API server, so every child can be unit-tested from a spec.
 //!
 //! Naming: the workers' Deployment and Service are `<name>` (so the URL is
-//! `http://<name>.<ns>.svc:<port>/v1`), the ConfigMap `<name>-config`, vLLM's Deployment and
+//! `http://<name>.<ns>.svc:<port>/v1`), the ConfigMaps `<name>-config-<content hash>`
+//! (immutable, see [`config_map`]), vLLM's Deployment and
 //! Service `<name>-vllm`, the HPA and PDB follow the Deployment they target.
 
 pub mod autoscaling;
@@ -111,6 +112,7 @@ impl Names {
         self.endpoint.clone()
     }
 
+    /// Prefix of the worker ConfigMaps' names (each is `<prefix>-<content hash>`).
     pub fn config_map(&self) -> String {
         format!("{}-config", self.endpoint)
     }
