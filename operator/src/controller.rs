@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -385,6 +385,11 @@ async fn run_in(
         .owns_stream(hpa_stream)
         .owns_stream(pdb_stream)
         .watches(secrets, watcher::Config::default().any_semantic(), mapper)
+        .watches(
+            api::<PartialObjectMeta<Pod>>(&client, ns),
+            workload_health::pod_watch_config(),
+            workload_health::endpoint_of_pod,
+        )
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

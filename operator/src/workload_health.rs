@@ -9,9 +9,15 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::build::{Component, Names, selector_string};
+use crate::build::{
+    Component, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Names, selector_string,
+};
+use crate::crd::ScalingEndpoint;
 use crate::error::Result;
 
 /// Container waiting reasons that mean the container will not start without a change.
@@ -167,6 +173,21 @@ pub async fn pods_to_diagnose(
     let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let lp = ListParams::default().labels(&selector_string(names, component));
     Ok(api.list(&lp).await?.items)
+}
+
+/// The watch of the operator's pods (metadata only): a pod that changes state (scheduled, stuck,
+/// ready) reconciles its endpoint at once, so the conditions follow the pods without polling.
+pub fn pod_watch_config() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+        .any_semantic()
+}
+
+/// The endpoint a pod belongs to: its `app.kubernetes.io/instance` label, in its namespace.
+pub fn endpoint_of_pod(pod: PartialObjectMeta<Pod>) -> Option<ObjectRef<ScalingEndpoint>> {
+    let ns = pod.namespace()?;
+    let name = pod.labels().get(LABEL_INSTANCE)?;
+    Some(ObjectRef::new(name).within(&ns))
 }
 
 #[cfg(test)]
