@@ -12,6 +12,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
+use crate::build::config_map::USED_AT_GENERATION_ANNOTATION;
 use crate::build::{LABEL_COMPONENT, Names};
 use crate::crd::ScalingEndpoint;
 use crate::error::{Result, is_not_found};
@@ -82,9 +83,16 @@ pub fn stale_config_maps(
                     .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
         })
         .collect();
-    // Newest first; the name breaks ties of the one-second timestamps so the choice is stable.
+    // Most recently used first: by the generation that last asked for it, then (for ConfigMaps of
+    // older operators without it) creation time; the name makes the choice stable.
     old.sort_by(|a, b| {
-        let key = |cm: &ConfigMap| (cm.creation_timestamp().map(|t| t.0), cm.name_any());
+        let key = |cm: &ConfigMap| {
+            let used_at = cm
+                .annotations()
+                .get(USED_AT_GENERATION_ANNOTATION)
+                .and_then(|g| g.parse::<i64>().ok());
+            (used_at, cm.creation_timestamp().map(|t| t.0), cm.name_any())
+        };
         key(b).cmp(&key(a))
     });
     old.into_iter()
@@ -145,10 +153,18 @@ mod tests {
     fn cm(name: &str, created: i64, owner_uid: &str) -> ConfigMap {
         ConfigMap {
             metadata: ObjectMeta {
+                // Created at generation `created`, in the same second as every other one.
+                annotations: (created > 0).then(|| {
+                    [(
+                        USED_AT_GENERATION_ANNOTATION.to_owned(),
+                        created.to_string(),
+                    )]
+                    .into()
+                }),
                 name: Some(name.to_owned()),
                 namespace: Some("team".to_owned()),
                 uid: Some(format!("uid-of-{name}")),
-                creation_timestamp: Some(Time(Timestamp::from_second(created).unwrap())),
+                creation_timestamp: Some(Time(Timestamp::from_second(7).unwrap())),
                 labels: Some([(LABEL_COMPONENT.to_owned(), "worker".to_owned())].into()),
                 owner_references: Some(vec![OwnerReference {
                     controller: Some(true),

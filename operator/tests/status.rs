@@ -290,7 +290,9 @@ spec:
     ses.patch(
         "bad",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"worker": {"podAnnotations": {"team": "x"}}}})),
+        &Patch::Merge(
+            json!({"spec": {"worker": {"podAnnotations": {"not a key!": null, "team": "x"}}}}),
+        ),
     )
     .await
     .unwrap();

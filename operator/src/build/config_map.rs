@@ -16,6 +16,11 @@ use super::{Component, Names, child_meta};
 use crate::error::Result;
 use crate::validate::{CONFIG_FILE, Resolved};
 
+/// Annotation on each worker ConfigMap: the endpoint generation that last asked for it. Creation
+/// timestamps have one-second resolution and a config can come back (a → b → a), so this is what
+/// tells which ConfigMap was in use just before the current one.
+pub const USED_AT_GENERATION_ANNOTATION: &str = "inferscale.dev/used-at-generation";
+
 /// Hex characters of the content hash in the name: 40 bits, plenty for the few revisions one
 /// endpoint has at a time, and short enough to read in `kubectl get cm`.
 const NAME_HASH_LEN: usize = 10;
@@ -31,14 +36,24 @@ pub fn name(names: &Names, config_yaml: &str) -> String {
     format!("{}-{hex}", names.config_map())
 }
 
-pub fn build(names: &Names, owner: &OwnerReference, resolved: &Resolved) -> Result<ConfigMap> {
+pub fn build(
+    names: &Names,
+    owner: &OwnerReference,
+    resolved: &Resolved,
+    generation: i64,
+) -> Result<ConfigMap> {
+    let mut metadata = child_meta(
+        name(names, &resolved.config_yaml),
+        names,
+        Component::Worker,
+        owner,
+    );
+    metadata.annotations = Some(BTreeMap::from([(
+        USED_AT_GENERATION_ANNOTATION.to_owned(),
+        generation.to_string(),
+    )]));
     Ok(ConfigMap {
-        metadata: child_meta(
-            name(names, &resolved.config_yaml),
-            names,
-            Component::Worker,
-            owner,
-        ),
+        metadata,
         data: Some(BTreeMap::from([(
             CONFIG_FILE.to_owned(),
             resolved.config_yaml.clone(),
@@ -88,6 +103,8 @@ mod tests {
         let a = children(4);
         let cm = &a.config_map;
         assert_eq!(cm.immutable, Some(true));
+        let ann = cm.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[USED_AT_GENERATION_ANNOTATION], "1");
         let name = cm.metadata.name.clone().unwrap();
         assert!(name.starts_with("sc-config-"), "{name}");
         assert_eq!(name.len(), "sc-config-".len() + NAME_HASH_LEN);

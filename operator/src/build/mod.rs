@@ -221,7 +221,12 @@ pub fn build(
         .and_then(|m| m.service_monitor.as_ref())
         .is_some_and(|s| s.enabled);
     Ok(Children {
-        config_map: config_map::build(&names, &owner, resolved)?,
+        config_map: config_map::build(
+            &names,
+            &owner,
+            resolved,
+            se.metadata.generation.unwrap_or(0),
+        )?,
         worker_deployment: worker::build(&names, &owner, spec, resolved, defaults),
         worker_service: service::worker(&names, &owner, &spec.service),
         worker_hpa: spec
