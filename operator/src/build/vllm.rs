@@ -129,6 +129,9 @@ pub fn deployment(
 
     let mut env = vec![
         plain_env("HOME", HOME),
+        // The uid has no passwd entry: Python's getpass.getuser() (torch.compile's cache dir)
+        // reads USER before asking the passwd database, which would raise.
+        plain_env("USER", "vllm"),
         plain_env("HF_HOME", HF_HOME),
         // The key by reference: it never appears in the Deployment.
         EnvVar {
@@ -443,6 +446,7 @@ spec:
             );
         }
         assert!(mounts.contains(&"/tmp"));
+        assert_eq!(env["USER"].value.as_deref(), Some("vllm"));
         // The API key comes from the operator's Secret, by reference only.
         let key = env["VLLM_API_KEY"];
         assert!(key.value.is_none());
