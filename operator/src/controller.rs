@@ -143,14 +143,14 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
     };
     let worker_pods =
         workload_health::pods_to_diagnose(&ctx.client, &names, Component::Worker, worker.as_ref())
-            .await?;
+            .await;
     let vllm_pods = workload_health::pods_to_diagnose(
         &ctx.client,
         &names,
         Component::ModelServer,
         vllm.as_ref(),
     )
-    .await?;
+    .await;
     let observed = Observed {
         problem: problem.as_ref(),
         config_hash,

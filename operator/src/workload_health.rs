@@ -18,7 +18,6 @@ use crate::build::{
     Component, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Names, selector_string,
 };
 use crate::crd::ScalingEndpoint;
-use crate::error::Result;
 
 /// Container waiting reasons that mean the container will not start without a change.
 const STUCK_WAITING_REASONS: &[&str] = &[
@@ -161,18 +160,28 @@ pub fn needs_diagnosis(d: &Deployment) -> bool {
 
 /// The pods of a component, listed only when its Deployment needs a diagnosis (one label-selected
 /// list per reconcile of an unhealthy endpoint; healthy ones cost nothing).
+///
+/// A failed list (e.g. RBAC without `list pods`) is logged and yields no pods: the conditions then
+/// fall back to replica counts instead of the whole status going unwritten.
 pub async fn pods_to_diagnose(
     client: &Client,
     names: &Names,
     component: Component,
     deployment: Option<&Deployment>,
-) -> Result<Vec<Pod>> {
+) -> Vec<Pod> {
     if !deployment.is_some_and(needs_diagnosis) {
-        return Ok(Vec::new());
+        return Vec::new();
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let lp = ListParams::default().labels(&selector_string(names, component));
-    Ok(api.list(&lp).await?.items)
+    match api.list(&lp).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            tracing::warn!(%error, namespace = %names.namespace, endpoint = %names.endpoint,
+                "could not list pods to explain their unavailability");
+            Vec::new()
+        }
+    }
 }
 
 /// The watch of the operator's pods (metadata only): a pod that changes state (scheduled, stuck,
