@@ -391,6 +391,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_reconciles_the_endpoint_named_by_its_instance_label() {
+        let meta = |labels: Option<&str>| PartialObjectMeta::<Pod> {
+            metadata: ObjectMeta {
+                name: Some("sc-abc".to_owned()),
+                namespace: Some("team".to_owned()),
+                labels: labels.map(|l| [(LABEL_INSTANCE.to_owned(), l.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        };
+        assert_eq!(
+            endpoint_of_pod(meta(Some("sc"))),
+            Some(ObjectRef::new("sc").within("team"))
+        );
+        assert_eq!(endpoint_of_pod(meta(None)), None);
+    }
+
+    #[test]
     fn long_kubelet_messages_are_cut() {
         let long = "x".repeat(2000);
         let got = diagnose(&deployment(vec![]), &[waiting("a", "ErrImagePull", &long)]).unwrap();
