@@ -29,6 +29,8 @@ use crate::error::{Error, Result, is_not_found};
 use crate::layout::Names;
 use crate::problem::{Problem, reason};
 use crate::status::ServiceMonitorState;
+use crate::vllm_key::{self, KeyState};
+use crate::{apply_failure, config_rollout};
 
 /// Annotation on each child: sha256 of the object the operator applied.
 pub const SPEC_HASH_ANNOTATION: &str = "inferscale.dev/spec-hash";
@@ -265,6 +267,11 @@ impl Applier {
         try_apply!(self.apply_child(se, &s.services, children.worker_service));
         let vllm = match (children.vllm_deployment, children.vllm_service) {
             (Some(d), Some(svc)) => {
+                // The key first: vLLM and the workers both mount it.
+                if try_apply!(vllm_key::ensure(&self.client, se, names)) == KeyState::Created {
+                    let note = format!("Secret {} created", names.vllm_key());
+                    self.event(se, EventType::Normal, "Created", note).await;
+                }
                 try_apply!(self.apply_child(se, &s.services, svc));
                 Some(try_apply!(self.apply_child(se, &s.deployments, d)))
             }
@@ -277,6 +284,10 @@ impl Applier {
             }
         };
         let worker = try_apply!(self.apply_child(se, &s.deployments, children.worker_deployment));
+        for name in config_rollout::prune(&self.client, &s.config_maps, se, names, &worker).await? {
+            let note = format!("ConfigMap {name} deleted (no worker pod uses it any more)");
+            self.event(se, EventType::Normal, "Deleted", note).await;
+        }
         match children.worker_hpa {
             Some(h) => {
                 try_apply!(self.apply_child(se, &s.hpas, h));
@@ -374,13 +385,12 @@ impl Applier {
         // between the lookup and the apply would still be taken over (see docs/operator.md).
         obj.meta_mut().uid = existing.as_ref().and_then(|e| e.meta().uid.clone());
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
-        let applied = api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = match api.patch(&name, &params, &Patch::Apply(&obj)).await {
+            Ok(applied) => applied,
+            // A refusal (400/403/422) is the spec's problem, shown in status; others are retried.
+            Err(e) => return apply_failure::into_problem(kind, &name, e).map(Err),
+        };
         self.memory.set(
             key,
             Some(AppliedVersion {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::apply::{Applier, Stores, controlled_by};
-use crate::build::{self, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, OperatorDefaults};
+use crate::build::{
+    self, Component, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY, OperatorDefaults,
+};
 use crate::crd::ScalingEndpoint;
 use crate::dereference::{fetch_secrets, references_secret, secret_uses};
 use crate::error::{Error, Result};
@@ -33,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::status::{self, Observed, ServiceMonitorState, types};
 use crate::validate::validate;
+use crate::workload_health;
 
 /// How often a healthy endpoint is reconciled without any trigger (drift safety net).
 const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -147,11 +150,23 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
             ServiceMonitorState::NotRequested,
         ),
     };
+    let worker_pods =
+        workload_health::pods_to_diagnose(&ctx.client, &names, Component::Worker, worker.as_ref())
+            .await;
+    let vllm_pods = workload_health::pods_to_diagnose(
+        &ctx.client,
+        &names,
+        Component::ModelServer,
+        vllm.as_ref(),
+    )
+    .await;
     let observed = Observed {
         problem: problem.as_ref(),
         config_hash,
         worker: worker.as_ref(),
         vllm: vllm.as_ref(),
+        worker_pods: &worker_pods,
+        vllm_pods: &vllm_pods,
         service_monitor,
     };
     let status = status::compute(&se, &names, &observed, &Time(Timestamp::now()));
@@ -378,6 +393,11 @@ async fn run_in(
         .owns_stream(hpa_stream)
         .owns_stream(pdb_stream)
         .watches(secrets, watcher::Config::default().any_semantic(), mapper)
+        .watches(
+            api::<PartialObjectMeta<Pod>>(&client, ns),
+            workload_health::pod_watch_config(),
+            workload_health::endpoint_of_pod,
+        )
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -1,5 +1,5 @@
 //! The operator's error type. Problems with a user's spec (a missing Secret, an invalid config)
-//! are not errors: they become conditions and Events (see `validate::Problem`). Errors here are
+//! are not errors: they become conditions and Events (see `problem::Problem`). Errors here are
 //! what the operator could not do, and are retried with backoff.
 
 /// Why a reconcile failed.
@@ -20,6 +20,8 @@ pub enum Error {
     MissingObjectKey(&'static str),
     #[error("the {0} watch stopped before its cache was filled")]
     CacheNotReady(&'static str),
+    #[error("could not read random bytes for vLLM's API key: {0}")]
+    RandomKey(#[source] std::io::Error),
 }
 
 impl Error {
@@ -34,6 +36,7 @@ impl Error {
             Error::RenderConfig(_) => "RenderConfig",
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::CacheNotReady(_) => "CacheNotReady",
+            Error::RandomKey(_) => "RandomKey",
         }
     }
 }

@@ -7,7 +7,9 @@
 //! → [`status`] (conditions, pure). [`controller`] wires them to watches.
 
 pub mod apply;
+pub mod apply_failure;
 pub mod build;
+pub mod config_rollout;
 pub mod controller;
 pub mod crd;
 pub mod custom_endpoint;
@@ -22,3 +24,5 @@ pub mod server;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+pub mod vllm_key;
+pub mod workload_health;

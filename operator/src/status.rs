@@ -6,11 +6,14 @@
 //! and message are those of the first condition that is not satisfied.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::build::{Component, Names, selector_string};
+use crate::build::{Component, selector_string};
 use crate::crd::{ReplicaCounts, ScalingEndpoint, ScalingEndpointStatus};
-use crate::validate::Problem;
+use crate::layout::Names;
+use crate::problem::Problem;
+use crate::workload_health::diagnose;
 
 /// Condition types.
 pub mod types {
@@ -38,6 +41,10 @@ pub struct Observed<'a> {
     pub config_hash: Option<String>,
     pub worker: Option<&'a Deployment>,
     pub vllm: Option<&'a Deployment>,
+    /// Pods of the workers / of vLLM, listed when their Deployment is not fully available, so the
+    /// conditions can say why (empty otherwise).
+    pub worker_pods: &'a [Pod],
+    pub vllm_pods: &'a [Pod],
     pub service_monitor: ServiceMonitorState,
 }
 
@@ -63,6 +70,7 @@ impl Cond {
 fn availability(
     type_: &'static str,
     d: Option<&Deployment>,
+    pods: &[Pod],
     what: &str,
 ) -> (Cond, ReplicaCounts, i32) {
     let Some(d) = d else {
@@ -84,25 +92,30 @@ fn availability(
     let updated = st.updated_replicas.unwrap_or(0);
     let counts = ReplicaCounts { desired, ready };
     let replicas = st.replicas.unwrap_or(0);
+    // Why pods are missing or a rollout does not finish, in the cluster's own words.
+    let diagnosis = diagnose(d, pods);
     let cond = if desired == 0 {
         Cond::new(type_, false, "ScaledToZero", format!("0 {what} requested"))
     } else if available < desired {
-        Cond::new(
-            type_,
-            false,
-            "Unavailable",
-            format!("{available} of {desired} {what} available"),
-        )
+        let counts = format!("{available} of {desired} {what} available");
+        match diagnosis {
+            Some(u) => Cond::new(type_, false, &u.reason, format!("{counts}: {}", u.message)),
+            None => Cond::new(type_, false, "Unavailable", counts),
+        }
     } else if updated < desired
         || st.observed_generation.unwrap_or(0) < d.metadata.generation.unwrap_or(0)
     {
-        // Still serving at full capacity while a new revision rolls out.
-        Cond::new(
-            type_,
-            true,
-            "RollingOut",
-            format!("{available} of {desired} {what} available, {updated} updated"),
-        )
+        // Still serving at full capacity while a new revision rolls out; a stuck new revision is
+        // named, but the endpoint serves, so the condition stays True.
+        let counts = format!("{available} of {desired} {what} available, {updated} updated");
+        let message = match diagnosis {
+            Some(u) => format!(
+                "{counts}; the new revision is stuck: {}: {}",
+                u.reason, u.message
+            ),
+            None => counts,
+        };
+        Cond::new(type_, true, "RollingOut", message)
     } else {
         Cond::new(
             type_,
@@ -133,13 +146,20 @@ pub fn compute(
             "the configuration and every referenced Secret key are valid".to_owned(),
         ),
     };
-    let (workers, worker_counts, replicas) =
-        availability(types::WORKERS_AVAILABLE, obs.worker, "workers");
-    let model_server = se
-        .spec
-        .vllm
-        .as_ref()
-        .map(|_| availability(types::MODEL_SERVER_AVAILABLE, obs.vllm, "vLLM pods"));
+    let (workers, worker_counts, replicas) = availability(
+        types::WORKERS_AVAILABLE,
+        obs.worker,
+        obs.worker_pods,
+        "workers",
+    );
+    let model_server = se.spec.vllm.as_ref().map(|_| {
+        availability(
+            types::MODEL_SERVER_AVAILABLE,
+            obs.vllm,
+            obs.vllm_pods,
+            "vLLM pods",
+        )
+    });
 
     let url = names.url(se.spec.service.port);
     let ready = {
@@ -258,6 +278,8 @@ mod tests {
             config_hash: Some("h".into()),
             worker: Some(&d),
             vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -299,6 +321,8 @@ mod tests {
             config_hash: None,
             worker: Some(&d),
             vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -341,6 +365,8 @@ mod tests {
             config_hash: None,
             worker: Some(&w),
             vllm: Some(&v),
+            worker_pods: &[],
+            vllm_pods: &[],
             service_monitor: ServiceMonitorState::CrdMissing,
         };
         let s = compute(&se, &names, &obs, &time(1));
@@ -355,5 +381,78 @@ mod tests {
             })
         );
         assert_eq!(cond(&s, "ServiceMonitorReady").reason, "CRDNotInstalled");
+    }
+
+    #[test]
+    fn crash_looping_workers_make_the_endpoint_unavailable_with_the_kubelets_reason() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+        };
+        let se = endpoint(SPEC);
+        let names = Names::of(&se).unwrap();
+        let d = deployment(2, 1);
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("sc-abc".into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "worker".into(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("CrashLoopBackOff".into()),
+                            message: Some("back-off 10s".into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = [pod];
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&d),
+            vllm: None,
+            worker_pods: &pods,
+            vllm_pods: &[],
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(1));
+        for t in ["WorkersAvailable", "Ready"] {
+            let c = cond(&s, t);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "CrashLoopBackOff"),
+                "{t}"
+            );
+            assert_eq!(
+                c.message,
+                "1 of 2 workers available: pod sc-abc container worker: CrashLoopBackOff: back-off 10s"
+            );
+        }
+        // Serving at full capacity while a new revision crash-loops: True, but it says so.
+        let mut d = deployment(2, 2);
+        d.status.as_mut().unwrap().updated_replicas = Some(1);
+        let obs = Observed {
+            worker: Some(&d),
+            ..obs
+        };
+        let c = compute(&se, &names, &obs, &time(2));
+        let w = cond(&c, "WorkersAvailable");
+        assert_eq!(
+            (w.status.as_str(), w.reason.as_str()),
+            ("True", "RollingOut")
+        );
+        assert!(
+            w.message
+                .contains("the new revision is stuck: CrashLoopBackOff"),
+            "{}",
+            w.message
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::error::{Error, Result};
 use crate::layout::{Names, secret_file};
-pub use crate::problem::{Problem, reason};
+use crate::problem::{Problem, reason};
 
 /// A valid endpoint: the worker configuration and what the workers mount.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,11 +183,17 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
             .clone()
             .unwrap_or_else(|| "auto".to_owned());
     }
-    c.api_key = spec
-        .model
-        .api_key_secret_ref
-        .as_ref()
-        .map(|r| file(&r.name, &r.key));
+    c.api_key = match spec.vllm {
+        // Only the workers know in-cluster vLLM's key (the Secret the operator generated).
+        Some(_) => Some(SecretValue::File {
+            file: names.vllm_key_file(),
+        }),
+        None => spec
+            .model
+            .api_key_secret_ref
+            .as_ref()
+            .map(|r| file(&r.name, &r.key)),
+    };
 
     let alg = &spec.algorithm;
     c.alg = alg.name;

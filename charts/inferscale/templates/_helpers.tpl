@@ -93,11 +93,11 @@ docs/operator.md "RBAC" and operator/src/{controller,apply,dereference}.rs.
 # Children: cached by watches (list, watch), looked up before they are created (get: the caches
 # hold only labelled objects, and a same-named object of someone else must never be taken over),
 # written by server-side apply (patch, and create for a patch that creates), removed when the spec
-# no longer asks for them (delete). The worker ConfigMap is never removed by the operator (only by
-# garbage collection with its endpoint).
+# no longer asks for them (delete). Worker ConfigMaps are immutable and content-addressed: the
+# operator deletes the ones no worker pod uses any more.
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]

@@ -8,8 +8,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Component, Names, child_meta, label_selector};
+use super::{Component, child_meta, label_selector};
 use crate::crd::{AutoscalingSpec, VllmSpec, WorkerSpec};
+use crate::layout::Names;
 
 /// Scales the worker Deployment on CPU. The Deployment's replicas are then left to the HPA.
 pub fn hpa(names: &Names, owner: &OwnerReference, a: &AutoscalingSpec) -> HorizontalPodAutoscaler {

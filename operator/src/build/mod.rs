@@ -1,7 +1,8 @@
 //! Pure builders: from a validated ScalingEndpoint to the objects the operator applies. Nothing
 //! here talks to the API server, so every child can be unit-tested from a spec.
 //!
-//! Names and mount paths come from [`crate::layout`], shared with validation.
+//! Names and mount paths come from [`crate::layout`], shared with validation. The worker
+//! ConfigMaps are `<name>-config-<content hash>` and immutable (see [`config_map`]).
 
 pub mod autoscaling;
 pub mod config_map;
@@ -22,7 +23,7 @@ use kube::api::DynamicObject;
 
 use crate::crd::ScalingEndpoint;
 use crate::error::{Error, Result};
-pub use crate::layout::{Names, VLLM_PORT};
+use crate::layout::Names;
 use crate::validate::Resolved;
 
 /// Field manager of every server-side apply the operator makes.
@@ -166,7 +167,12 @@ pub fn build(
         .and_then(|m| m.service_monitor.as_ref())
         .is_some_and(|s| s.enabled);
     Ok(Children {
-        config_map: config_map::build(&names, &owner, resolved)?,
+        config_map: config_map::build(
+            &names,
+            &owner,
+            resolved,
+            se.metadata.generation.unwrap_or(0),
+        )?,
         worker_deployment: worker::build(&names, &owner, spec, resolved, defaults),
         worker_service: service::worker(&names, &owner, &spec.service),
         worker_hpa: spec

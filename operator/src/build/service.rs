@@ -4,8 +4,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sService
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Component, Names, VLLM_PORT, child_meta, selector_labels};
+use super::{Component, child_meta, selector_labels};
 use crate::crd::ServiceSpec;
+use crate::layout::{Names, VLLM_PORT};
 
 fn http_port(port: i32) -> ServicePort {
     ServicePort {

@@ -4,7 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
-use super::{Component, Names, child_meta, selector_labels};
+use super::{Component, child_meta, selector_labels};
+use crate::layout::Names;
 
 /// monitoring.coreos.com/v1 ServiceMonitor.
 pub fn api_resource() -> ApiResource {

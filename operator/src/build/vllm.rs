@@ -1,22 +1,98 @@
 //! The vLLM Deployment: GPU requests and limits, the user's placement (nodeSelector, tolerations,
 //! affinity, priority class), shared memory, a weights cache, the HF token from its Secret, and
 //! `Recreate` so a rollout never needs twice the GPUs.
+//!
+//! The pods meet the `restricted` Pod Security Standard: a non-root uid, no privilege escalation,
+//! no capabilities, the runtime's seccomp profile. The image is built to run as root, so every
+//! path it writes to is an emptyDir (or the cache volume): `HOME`, `/tmp` and `HF_HOME`.
+//!
+//! vLLM only answers requests that carry the API key the operator generated for it (the Secret
+//! `<name>-vllm-key`, see [`key_secret`]); the workers read the same key from the mounted Secret,
+//! so nothing but the workers can call vLLM past their auth and budgets.
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SecretKeySelector, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Component, Names, VLLM_PORT, child_meta, label_selector, labels};
+use super::{Component, child_meta, label_selector, labels};
 use crate::crd::{DEFAULT_VLLM_IMAGE, VllmSpec};
+use crate::layout::{Names, VLLM_API_KEY_KEY, VLLM_PORT};
 
+/// The writable home directory (an emptyDir): Python, Triton, torch.compile and vLLM keep their
+/// caches and settings under `$HOME`.
+const HOME: &str = "/home/vllm";
 /// Where the weights cache is mounted (`HF_HOME`).
-const HF_HOME: &str = "/root/.cache/huggingface";
+const HF_HOME: &str = "/var/cache/huggingface";
+/// A non-root uid for vLLM. The image has no such user; with `HOME` set, Python does not need one.
+const VLLM_UID: i64 = 1000;
+/// Environment variable vLLM reads its API key from (the same as `--api-key`, but not visible in
+/// the process list or the pod spec).
+const API_KEY_ENV: &str = "VLLM_API_KEY";
+
+/// The Secret holding vLLM's API key. Created once by the operator with a random `key` and never
+/// changed by it (see [`crate::vllm_key`]).
+pub fn key_secret(names: &Names, owner: &OwnerReference, key: String) -> Secret {
+    Secret {
+        metadata: child_meta(names.vllm_key(), names, Component::ModelServer, owner),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            VLLM_API_KEY_KEY.to_owned(),
+            ByteString(key.into_bytes()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The restricted-profile security context of the vLLM container.
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        ..VolumeMount::default()
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
 
 pub fn deployment(
     names: &Names,
@@ -36,11 +112,26 @@ pub fn deployment(
     ];
     args.extend(v.args.iter().flatten().cloned());
 
-    let mut env = vec![EnvVar {
-        name: "HF_HOME".to_owned(),
-        value: Some(HF_HOME.to_owned()),
-        value_from: None,
-    }];
+    let mut env = vec![
+        plain_env("HOME", HOME),
+        // The uid has no passwd entry: Python's getpass.getuser() (torch.compile's cache dir)
+        // reads USER before asking the passwd database, which would raise.
+        plain_env("USER", "vllm"),
+        plain_env("HF_HOME", HF_HOME),
+        // The key by reference: it never appears in the Deployment.
+        EnvVar {
+            name: API_KEY_ENV.to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: names.vllm_key(),
+                    key: VLLM_API_KEY_KEY.to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
     if let Some(r) = &v.hf_token_secret_ref {
         // A reference, not a value: the token never appears in the Deployment.
         env.push(EnvVar {
@@ -88,18 +179,14 @@ pub fn deployment(
             }),
             ..Volume::default()
         },
+        empty_dir("home"),
+        empty_dir("tmp"),
     ];
     let mounts = vec![
-        VolumeMount {
-            name: "cache".to_owned(),
-            mount_path: HF_HOME.to_owned(),
-            ..VolumeMount::default()
-        },
-        VolumeMount {
-            name: "dshm".to_owned(),
-            mount_path: "/dev/shm".to_owned(),
-            ..VolumeMount::default()
-        },
+        mount("cache", HF_HOME),
+        mount("dshm", "/dev/shm"),
+        mount("home", HOME),
+        mount("tmp", "/tmp"),
     ];
 
     let health = |period: i32, failures: i32| Probe {
@@ -136,6 +223,7 @@ pub fn deployment(
         liveness_probe: Some(health(10, 3)),
         resources: Some(gpu_resources(v)),
         volume_mounts: Some(mounts),
+        security_context: Some(restricted_container()),
         ..Container::default()
     };
 
@@ -164,6 +252,18 @@ pub fn deployment(
                     priority_class_name: v.priority_class_name.clone(),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(VLLM_UID),
+                        run_as_group: Some(VLLM_UID),
+                        // The cache volume (a PVC too) becomes writable for that group.
+                        fs_group: Some(VLLM_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -193,8 +293,7 @@ mod tests {
     use crate::build::{self, OperatorDefaults, fixtures::endpoint};
     use crate::dereference::Secrets;
     use crate::validate::validate;
-    use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::Secret;
+    use kube::Resource;
 
     #[test]
     fn vllm_on_gpu_nodes() {
@@ -286,5 +385,109 @@ spec:
         assert!(c.vllm_pdb.is_some());
         // Only one worker by default: no worker PDB.
         assert!(c.worker_pdb.is_none());
+    }
+
+    #[test]
+    fn vllm_meets_the_restricted_profile_and_requires_the_operator_key() {
+        let se = endpoint(
+            "metadata: {name: local, namespace: team}\nspec: {model: {name: q}, algorithm: {name: self-consistency}, vllm: {model: Qwen/Qwen2.5-0.5B-Instruct}}",
+        );
+        let resolved = validate(&se, &Secrets::new()).unwrap().unwrap();
+        let c = build::build(&se, &resolved, &OperatorDefaults::default()).unwrap();
+        let pod = c
+            .vllm_deployment
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert!(psc.run_as_user.is_some_and(|u| u > 0));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let ctr = &pod.containers[0];
+        let sc = ctr.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        // Every path the image writes to is a volume, and HOME / HF_HOME point there.
+        let env: BTreeMap<_, _> = ctr
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        let mounts: Vec<&str> = ctr
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        for var in ["HOME", "HF_HOME"] {
+            let path = env[var].value.as_deref().unwrap();
+            assert!(
+                mounts.contains(&path),
+                "{var}={path} is not a volume: {mounts:?}"
+            );
+        }
+        assert!(mounts.contains(&"/tmp"));
+        assert_eq!(env["USER"].value.as_deref(), Some("vllm"));
+        // The API key comes from the operator's Secret, by reference only.
+        let key = env["VLLM_API_KEY"];
+        assert!(key.value.is_none());
+        let r = key
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("local-vllm-key", VLLM_API_KEY_KEY)
+        );
+        // The workers use that key as their upstream key, from the mounted Secret.
+        assert_eq!(
+            resolved.config.api_key,
+            Some(inferscale_worker::config::SecretValue::File {
+                file: "/etc/inferscale/secrets/local-vllm-key/api-key".into()
+            })
+        );
+        let wpod = c.worker_deployment.spec.unwrap().template.spec.unwrap();
+        let mount = wpod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/etc/inferscale/secrets/local-vllm-key")
+            .expect("the key Secret is mounted into the workers");
+        let vol = wpod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("local-vllm-key")
+        );
+    }
+
+    #[test]
+    fn key_secret_is_owned_and_holds_the_key() {
+        let se = endpoint(
+            "metadata: {name: local, namespace: team}\nspec: {model: {name: q}, algorithm: {name: self-consistency}, vllm: {model: x}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let owner = se.controller_owner_ref(&()).unwrap();
+        let s = key_secret(&names, &owner, "k".repeat(64));
+        assert_eq!(s.metadata.name.as_deref(), Some("local-vllm-key"));
+        assert_eq!(
+            s.metadata.owner_references.unwrap()[0].controller,
+            Some(true)
+        );
+        assert_eq!(
+            s.data.unwrap()[VLLM_API_KEY_KEY].0,
+            "k".repeat(64).into_bytes()
+        );
     }
 }

@@ -17,9 +17,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
 use super::{
-    CONFIG_HASH_ANNOTATION, Component, Names, OperatorDefaults, child_meta, label_selector, labels,
+    CONFIG_HASH_ANNOTATION, Component, OperatorDefaults, child_meta, config_map, label_selector,
+    labels,
 };
 use crate::crd::ScalingEndpointSpec;
+use crate::layout::Names;
 use crate::layout::{CONFIG_DIR, CONFIG_FILE, SECRETS_DIR};
 use crate::validate::Resolved;
 
@@ -44,7 +46,7 @@ pub fn build(
         Volume {
             name: "config".to_owned(),
             config_map: Some(ConfigMapVolumeSource {
-                name: names.config_map(),
+                name: config_map::name(names, &resolved.config_yaml),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -69,7 +71,11 @@ pub fn build(
             ..VolumeMount::default()
         },
     ];
-    for secret in &resolved.worker_secrets {
+    // With vLLM the workers also read vLLM's API key (their upstream key) from its Secret.
+    let vllm_key = spec.vllm.as_ref().map(|_| names.vllm_key());
+    let secrets: std::collections::BTreeSet<&String> =
+        resolved.worker_secrets.iter().chain(&vllm_key).collect();
+    for secret in secrets {
         let volume = secret_volume_name(secret);
         // The whole Secret, no subPath: the kubelet then swaps rotated values in place and the
         // worker re-reads the files.

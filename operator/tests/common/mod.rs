@@ -161,6 +161,14 @@ impl TestNamespace {
     }
 }
 
+/// The operator binary: `INFERSCALE_OPERATOR_BIN` when set (a copy taken right after the build,
+/// for when several worktrees share one target directory and its uplifted binary), else Cargo's.
+fn operator_bin() -> PathBuf {
+    std::env::var_os("INFERSCALE_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_inferscale-operator")))
+}
+
 /// The operator binary running as a child process of the test; killed when dropped (also on
 /// panic), and its log printed when the test failed.
 pub struct Operator {
@@ -179,7 +187,7 @@ impl Operator {
         let log = dir.join(format!("{namespace}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_inferscale-operator"))
+        let child = Command::new(operator_bin())
             .args([
                 "run",
                 "--namespace",
