@@ -200,8 +200,7 @@ def test_unknown_route_or_method(catalogue_worker, mock, method, path, status, c
 # --- POST /configure --------------------------------------------------------------------------
 # (id, body (dict or bytes), param, message fragment); all 400 invalid_request_error
 CONFIGURE_CASES = [
-    pytest.param("not-json", b"{model: m}", None, "invalid configuration: key must be a string", marks=pytest.mark.xfail(
-        strict=True, reason="bug: a syntax error answers param '?' (serde_path_to_error's unknown path) instead of null")),
+    ("not-json", b"{model: m}", None, "invalid configuration: key must be a string"),
     ("missing-model", {"alg": "self-consistency"}, None, "missing field `model`"),
     ("empty-model", {"model": " "}, "model", "model must not be empty"),
     ("unknown-field", {"model": "m", "surprise": True}, "surprise", "unknown field `surprise`"),

@@ -53,7 +53,9 @@ fn apply(app: &AppState, bytes: &[u8]) -> Result<ConfigureResponse, ApiError> {
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
-                let param = (path != ".").then_some(path);
+                // "." is the document itself and "?" a position serde_path_to_error could not
+                // name (a syntax error): neither is a field.
+                let param = (path != "." && path != "?").then_some(path);
                 ApiError::bad_request(format!("invalid configuration: {inner}"), param)
             })?;
     if cfg.server.is_some() {
