@@ -111,17 +111,20 @@ fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     }
 }
 
-/// A user's Service and ConfigMap named like an endpoint's children: the endpoint reports
-/// ChildConflict naming them, they are not changed, and deleting the endpoint leaves them.
+/// A user's Service and Deployment named like an endpoint's children: the endpoint reports
+/// ChildConflict naming them, they are not changed, and deleting the endpoint leaves them. (Worker
+/// ConfigMaps are content-addressed, `<name>-config-<hash>`, so a user's ConfigMap cannot sit on
+/// one by accident; the ConfigMap path of the conflict check is the same code as these two.)
 #[tokio::test]
-async fn pre_existing_service_and_config_map_are_never_adopted() {
-    if !enabled("pre_existing_service_and_config_map_are_never_adopted") {
+async fn pre_existing_service_and_deployment_are_never_adopted() {
+    if !enabled("pre_existing_service_and_deployment_are_never_adopted") {
         return;
     }
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, "adopt").await;
     let services: Api<Service> = ns.api();
+    let deployments: Api<Deployment> = ns.api();
     let config_maps: Api<ConfigMap> = ns.api();
     // One carries the operator's managed-by label (it is then in the operator's cache), the other
     // none (the operator has to look it up): neither has an owner reference.
@@ -146,21 +149,26 @@ async fn pre_existing_service_and_config_map_are_never_adopted() {
         )
         .await
         .expect("user's Service");
-    let theirs_cm = config_maps
-        .create(
-            &PostParams::default(),
-            &ConfigMap {
-                metadata: meta("cm-taken-config", &[("team", "data")]),
-                data: Some(BTreeMap::from([("db.conf".to_owned(), "max=1".to_owned())])),
-                ..ConfigMap::default()
-            },
-        )
+    let theirs_deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "deploy-taken", "labels": {"team": "data"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "db", "image": "postgres:17"}]}
+            }
+        }
+    }))
+    .expect("Deployment manifest");
+    let theirs_deploy = deployments
+        .create(&PostParams::default(), &theirs_deploy)
         .await
-        .expect("user's ConfigMap");
+        .expect("user's Deployment");
 
     let _op = Operator::start(&ns.name);
     apply_manifest(&client, &ns.name, &endpoint_manifest("svc-taken", "")).await;
-    apply_manifest(&client, &ns.name, &endpoint_manifest("cm-taken", "")).await;
+    apply_manifest(&client, &ns.name, &endpoint_manifest("deploy-taken", "")).await;
     let ses: Api<ScalingEndpoint> = ns.api();
     let ready = ("False", "ChildConflict");
     wait_condition(
@@ -173,34 +181,43 @@ async fn pre_existing_service_and_config_map_are_never_adopted() {
     .await;
     wait_condition(
         &ses,
-        "cm-taken",
+        "deploy-taken",
         "Ready",
         ready,
-        &[r#"ConfigMap "cm-taken-config""#],
+        &[r#"Deployment "deploy-taken""#],
     )
     .await;
-    // The workers of neither endpoint exist: nothing runs half-configured.
-    let deployments: Api<Deployment> = ns.api();
-    for name in ["svc-taken", "cm-taken"] {
-        assert!(deployments.get_opt(name).await.unwrap().is_none(), "{name}");
-    }
+    // No worker runs for svc-taken: nothing runs half-configured.
+    assert!(deployments.get_opt("svc-taken").await.unwrap().is_none());
 
-    let unchanged = |before: &ObjectMeta, after: &ObjectMeta, what: &str| {
-        assert_eq!(
-            before.resource_version, after.resource_version,
-            "{what} was written"
-        );
+    let not_adopted = |after: &ObjectMeta, what: &str| {
         assert!(
             after.owner_references.is_none(),
             "{what} was adopted: {after:?}"
         );
     };
     let svc = services.get("svc-taken").await.unwrap();
-    unchanged(&theirs_svc.metadata, &svc.metadata, "Service");
+    assert_eq!(
+        theirs_svc.metadata.resource_version, svc.metadata.resource_version,
+        "Service was written"
+    );
+    not_adopted(&svc.metadata, "Service");
     assert_eq!(svc.spec, theirs_svc.spec);
-    let cm = config_maps.get("cm-taken-config").await.unwrap();
-    unchanged(&theirs_cm.metadata, &cm.metadata, "ConfigMap");
-    assert_eq!(cm.data, theirs_cm.data);
+    // A Deployment's status (and so its resourceVersion) moves with its pods; its generation and
+    // spec only move when someone writes the spec.
+    let deploy_unchanged = |after: &Deployment| {
+        assert_eq!(
+            theirs_deploy.metadata.generation, after.metadata.generation,
+            "Deployment spec was written"
+        );
+        assert_eq!(
+            theirs_deploy.spec.as_ref().map(|s| &s.template),
+            after.spec.as_ref().map(|s| &s.template)
+        );
+        assert_eq!(theirs_deploy.metadata.labels, after.metadata.labels);
+        not_adopted(&after.metadata, "Deployment");
+    };
+    deploy_unchanged(&deployments.get("deploy-taken").await.unwrap());
 
     // A Warning Event names the object.
     let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
@@ -218,7 +235,7 @@ async fn pre_existing_service_and_config_map_are_never_adopted() {
                         && e.type_.as_deref() == Some("Warning")
                         && e.note
                             .as_deref()
-                            .is_some_and(|n| n.contains("cm-taken-config"))
+                            .is_some_and(|n| n.contains(r#"Deployment "deploy-taken""#))
                 })
                 .map(|_| ())
                 .ok_or_else(|| format!("{} events, none matching", list.items.len()))
@@ -228,32 +245,33 @@ async fn pre_existing_service_and_config_map_are_never_adopted() {
 
     // Deleting the endpoints collects what the operator created for them, and nothing else. The
     // svc-taken endpoint got its ConfigMap before its Service conflicted.
-    let owned_config = config_maps.get("svc-taken-config").await.unwrap();
-    assert!(
-        owned_config
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true))
-    );
-    delete_endpoint_and_wait_for_gc(&ns, "svc-taken").await;
-    assert!(
+    let owned_configs = || async {
         config_maps
-            .get_opt("svc-taken-config")
+            .list(&Default::default())
             .await
             .unwrap()
-            .is_none()
+            .items
+            .into_iter()
+            .filter(|c| c.name_any().starts_with("svc-taken-config-"))
+            .collect::<Vec<_>>()
+    };
+    let owned = owned_configs().await;
+    assert!(!owned.is_empty(), "svc-taken's ConfigMap was not created");
+    assert!(owned.iter().all(|c| {
+        c.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true))
+    }));
+    delete_endpoint_and_wait_for_gc(&ns, "svc-taken").await;
+    assert!(owned_configs().await.is_empty());
+    delete_endpoint_and_wait_for_gc(&ns, "deploy-taken").await;
+    let svc = services.get("svc-taken").await.unwrap();
+    assert_eq!(
+        theirs_svc.metadata.resource_version,
+        svc.metadata.resource_version
     );
-    delete_endpoint_and_wait_for_gc(&ns, "cm-taken").await;
-    unchanged(
-        &theirs_svc.metadata,
-        &services.get("svc-taken").await.unwrap().metadata,
-        "Service",
-    );
-    unchanged(
-        &theirs_cm.metadata,
-        &config_maps.get("cm-taken-config").await.unwrap().metadata,
-        "ConfigMap",
-    );
+    not_adopted(&svc.metadata, "Service");
+    deploy_unchanged(&deployments.get("deploy-taken").await.unwrap());
     ns.delete().await;
 }
 
