@@ -270,6 +270,8 @@ def test_openai_client_through_the_worker(operator, mock, workdir):
         obj["metadata"].pop("namespace", None)
         if obj["kind"] == "Secret":
             obj["stringData"]["api-key"] = UPSTREAM_KEY
+            # The simulator is a custom endpoint: the Secret's owner has to allow sending it there.
+            obj["metadata"].setdefault("labels", {})["inferscale.dev/allow-custom-endpoint"] = "true"
         else:
             obj["spec"]["model"].update({"provider": "openai-compatible", "endpoint": f"{mock.url}/v1"})
     k("-n", CLIENT_NS, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
