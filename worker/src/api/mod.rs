@@ -84,24 +84,118 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Reads a request body up to the limit. A body that misses the deadline set by
-/// [`body_deadline::limit_body_time`] gives 408.
+/// How much of an oversize body is read and dropped, as a multiple of the limit, before the 413:
+/// clients (urllib, requests, curl) send the whole body before they read the reply, so replying
+/// and closing at once would reset their connection and hide the 413 from them. Past this, the
+/// connection is closed as soon as the limit is crossed.
+const OVERSIZE_DRAIN_FACTOR: usize = 4;
+
+/// Reads a request body of at most `limit` bytes: 413 above it, 408 when the client is too slow
+/// (the body deadline), 400 when the body cannot be read.
 pub(crate) async fn read_body(
     body: axum::body::Body,
     limit: usize,
 ) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = source {
-            if let Some(body_deadline::BodyReadTimeout(timeout)) = s.downcast_ref() {
-                return ApiError::RequestTimeout(*timeout);
-            }
-            // axum wraps http-body-util's `LengthLimitError`; its message is the stable signal.
-            if s.to_string().contains("length limit exceeded") {
-                return ApiError::PayloadTooLarge(limit);
-            }
-            source = s.source();
+    use futures_util::StreamExt;
+    use http_body::Body as _;
+
+    let drain_limit = limit.saturating_mul(OVERSIZE_DRAIN_FACTOR);
+    if body
+        .size_hint()
+        .upper()
+        .is_some_and(|declared| declared > drain_limit as u64)
+    {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let mut chunks = body.into_data_stream();
+    // Most bodies arrive in one chunk: that one is returned without a copy.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    let mut received = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| body_read_error(&e))?;
+        received = received.saturating_add(chunk.len());
+        if received > drain_limit {
+            break;
         }
-        ApiError::bad_request(format!("could not read the request body: {e}"), None)
+        if received > limit {
+            continue; // dropped: only read so that the client gets to see the 413
+        }
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    if received > limit {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
     })
+}
+
+fn body_read_error(e: &axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(body_deadline::BodyReadTimeout(timeout)) = s.downcast_ref() {
+            return ApiError::RequestTimeout(*timeout);
+        }
+        source = s.source();
+    }
+    ApiError::bad_request(format!("could not read the request body: {e}"), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A streamed body of `chunks`, counting how many of them were read.
+    fn body(chunks: &[&'static [u8]], read: &Arc<AtomicUsize>) -> axum::body::Body {
+        let read = read.clone();
+        let items: Vec<&'static [u8]> = chunks.to_vec();
+        axum::body::Body::from_stream(futures_util::stream::iter(items.into_iter().map(
+            move |c| {
+                read.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(c))
+            },
+        )))
+    }
+
+    #[tokio::test]
+    async fn chunks_are_joined_up_to_the_limit() {
+        let read = Arc::new(AtomicUsize::new(0));
+        let got = read_body(body(&[b"ab", b"", b"cd"], &read), 4)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"abcd");
+        let one = read_body(body(&[b"abcd"], &read), 4).await.unwrap();
+        assert_eq!(&one[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_body_is_read_to_its_end_then_refused() {
+        // The client gets to send its whole body (so it reads the 413 instead of a reset).
+        let read = Arc::new(AtomicUsize::new(0));
+        let err = read_body(body(&[b"abc", b"def", b"ghi"], &read), 4)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::PayloadTooLarge(4)), "{err:?}");
+        assert_eq!(read.load(Ordering::SeqCst), 3);
+        // Past 4 x the limit the connection is given up on at once.
+        let read = Arc::new(AtomicUsize::new(0));
+        let chunks: [&'static [u8]; 6] = [b"abcd"; 6];
+        let err = read_body(body(&chunks, &read), 4).await.unwrap_err();
+        assert!(matches!(err, ApiError::PayloadTooLarge(4)), "{err:?}");
+        assert_eq!(read.load(Ordering::SeqCst), 5);
+    }
 }
