@@ -20,11 +20,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::build::{Children, FIELD_MANAGER, service_monitor};
 use crate::crd::ScalingEndpoint;
+use crate::digest;
 use crate::error::{Error, Result, is_not_found};
 use crate::layout::Names;
 use crate::problem::{Problem, reason};
@@ -186,11 +186,7 @@ fn spec_hash<K: Serialize>(obj: &K, kind: &'static str, name: &str) -> Result<St
         name: name.to_owned(),
         source,
     })?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(digest::sha256_hex_prefix(&bytes, 32))
 }
 
 /// The kind of a child type, for messages and the apply memory.

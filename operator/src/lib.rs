@@ -14,6 +14,7 @@ pub mod controller;
 pub mod crd;
 pub mod custom_endpoint;
 pub mod dereference;
+pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod leader;

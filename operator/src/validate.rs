@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::crd::{ModelSpec, ScalingEndpoint};
 use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom_endpoints};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::{Names, secret_file};
 use crate::problem::{Problem, reason};
@@ -277,15 +278,7 @@ fn hash(config_yaml: &str, uses: &[SecretUse], secrets: &Secrets) -> String {
             h.update(Sha256::digest(&v.0));
         }
     }
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    digest::hex(&h.finalize())
 }
 
 #[cfg(test)]

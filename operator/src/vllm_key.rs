@@ -10,6 +10,7 @@ use kube::{Client, Resource};
 
 use crate::build::vllm;
 use crate::crd::ScalingEndpoint;
+use crate::digest;
 use crate::error::{Error, Result};
 use crate::layout::Names;
 use crate::problem::{Problem, reason};
@@ -22,7 +23,7 @@ fn random_key() -> std::io::Result<String> {
     // The kernel's CSPRNG; the operator image runs on Linux.
     let mut bytes = [0u8; KEY_BYTES];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(digest::hex(&bytes))
 }
 
 /// What [`ensure`] did.

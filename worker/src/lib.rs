@@ -6,9 +6,12 @@
 //! [`algorithms`] (vote, best-of-n) → [`judge`] → [`fanout`] (concurrent upstream calls) →
 //! [`providers`] (one module per upstream family behind one trait) → [`config`]. [`config`] is
 //! the configuration type shared with the operator; without the default `server` feature only
-//! it is built.
+//! it is built. [`logging`] (feature `logging`, part of `server`) is the log setup both binaries
+//! use.
 
 pub mod config;
+#[cfg(feature = "logging")]
+pub mod logging;
 
 #[cfg(feature = "server")]
 pub mod algorithms;

@@ -219,17 +219,10 @@ impl Cli {
     }
 }
 
-/// Installs the global tracing subscriber.
+/// Installs the global tracing subscriber: the setup shared with the operator
+/// ([`crate::logging::init`]), so both write the same JSON shape.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    crate::logging::init(format, level);
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use sha2::{Digest, Sha256};
 
 use super::{Component, child_meta};
+use crate::digest;
 use crate::error::Result;
 use crate::layout::CONFIG_FILE;
 use crate::layout::Names;
@@ -29,13 +29,8 @@ const NAME_HASH_LEN: usize = 10;
 
 /// Name of the ConfigMap holding `config_yaml`: `<endpoint>-config-<hash of the file>`.
 pub fn name(names: &Names, config_yaml: &str) -> String {
-    let digest = Sha256::digest(config_yaml.as_bytes());
-    let hex: String = digest
-        .iter()
-        .take(NAME_HASH_LEN / 2)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{}-{hex}", names.config_map())
+    let hash = digest::sha256_hex_prefix(config_yaml.as_bytes(), NAME_HASH_LEN);
+    format!("{}-{hash}", names.config_map())
 }
 
 pub fn build(
@@ -118,5 +113,16 @@ mod tests {
         let other = b.config_map.metadata.name.clone().unwrap();
         assert_ne!(other, name);
         assert_eq!(mounted_config_map(&b), other);
+    }
+
+    #[test]
+    fn name_is_stable_across_versions() {
+        // Pinned (sha256("model: x\n") from Python's hashlib): a changed encoding would give
+        // every endpoint a new ConfigMap name and roll all workers on an operator upgrade.
+        let names = Names {
+            endpoint: "sc".to_owned(),
+            namespace: "team".to_owned(),
+        };
+        assert_eq!(name(&names, "model: x\n"), "sc-config-e5f16bd39c");
     }
 }

@@ -14,13 +14,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use sha2::{Digest, Sha256};
 
 use super::{
     CONFIG_HASH_ANNOTATION, Component, OperatorDefaults, child_meta, config_map, label_selector,
     labels,
 };
 use crate::crd::ScalingEndpointSpec;
+use crate::digest;
 use crate::layout::Names;
 use crate::layout::{CONFIG_DIR, CONFIG_FILE, SECRETS_DIR};
 use crate::validate::Resolved;
@@ -207,9 +207,10 @@ fn default_resources() -> ResourceRequirements {
 /// A volume name for a Secret. Secret names may be 253 characters with dots; volume names must be
 /// DNS labels, so use a short stable hash.
 pub fn secret_volume_name(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-    format!("secret-{hex}")
+    format!(
+        "secret-{}",
+        digest::sha256_hex_prefix(secret.as_bytes(), 10)
+    )
 }
 
 #[cfg(test)]
@@ -341,5 +342,12 @@ spec:
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         );
         assert_ne!(n, secret_volume_name("other"));
+    }
+
+    #[test]
+    fn secret_volume_name_is_stable_across_versions() {
+        // Pinned (sha256("db-creds") from Python's hashlib): a changed encoding would rename the
+        // volume of every running worker and roll them all.
+        assert_eq!(secret_volume_name("db-creds"), "secret-4dee4722bd");
     }
 }
