@@ -119,6 +119,8 @@ pub struct PlanSettings<'a> {
 pub struct Plan {
     /// The upstream calls that spend the budget, each prepared once.
     pub calls: Vec<Arc<PreparedCall>>,
+    /// Candidates asked for by each call, in call order.
+    pub sizes: Vec<usize>,
     /// The conversation, for the judge (best-of-n with more than one candidate only).
     pub context: Vec<Value>,
 }
@@ -147,7 +149,12 @@ pub fn plan(
         settings.provider.supports_n(),
     );
     let calls = prepare_calls(settings.provider, forward, split)?;
-    Ok(Plan { calls, context })
+    let sizes = split.sizes().into_iter().map(|n| n as usize).collect();
+    Ok(Plan {
+        calls,
+        sizes,
+        context,
+    })
 }
 
 #[cfg(test)]
@@ -296,6 +303,7 @@ mod tests {
         let plan = plan(request, 7, &settings(&provider, AlgorithmName::BestOfN, 3)).unwrap();
         let ns: Vec<Value> = plan.calls.iter().map(|c| body(c)["n"].clone()).collect();
         assert_eq!(ns, [json!(3), json!(3), json!(1)]);
+        assert_eq!(plan.sizes, [3, 3, 1]);
         assert!(Arc::ptr_eq(&plan.calls[0], &plan.calls[1]));
         // The request's own temperature wins over the endpoint's default.
         assert_eq!(body(&plan.calls[2])["temperature"], 0.2);

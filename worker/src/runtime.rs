@@ -152,6 +152,8 @@ impl Runtime {
             vote: &self.vote,
             judge: self.judge.as_ref(),
             min_successful: self.min_successful,
+            early_decision: true,
+            adaptive: None,
         }
     }
 

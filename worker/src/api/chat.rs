@@ -133,6 +133,7 @@ async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     let work = algorithms::run(
         &inputs,
         &job.plan.calls,
+        &job.plan.sizes,
         job.budget,
         &job.plan.context,
         metrics,
