@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{LiveSecret, SecretAllowList, SecretError, SecretValue};
-pub use validate::{ConfigError, MAX_BUDGET_LIMIT};
+pub use validate::{AdaptiveField, ConfigError, MAX_BUDGET_LIMIT, check_adaptive};
 
 /// Default number of candidates when neither the request nor the configuration names one.
 pub const DEFAULT_BUDGET: u32 = 4;

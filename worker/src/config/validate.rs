@@ -119,8 +119,10 @@ impl WorkerConfig {
                     "adaptive applies to self-consistency only, not to best-of-n",
                 ));
             }
-            check_adaptive(a, max)
-                .map_err(|(param, message)| ConfigError::invalid(param, message))?;
+            check_adaptive(a, max).map_err(|(field, problem)| {
+                let param = field.config_param();
+                ConfigError::invalid(param, format!("{param} {problem}"))
+            })?;
         }
         if let Some(u) = &self.upstream {
             limits::check_upstream(u, max)?;
@@ -158,32 +160,58 @@ fn check_endpoint(param: &'static str, value: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Checks adaptive settings against the endpoint's `max_budget`; the error names the field
-/// without a prefix (`threshold`, …) and its message, so a request override can report it under
-/// its own path.
-pub fn check_adaptive(a: &AdaptiveConfig, max_budget: u32) -> Result<(), (&'static str, String)> {
+/// A field of the adaptive settings, for error reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptiveField {
+    Threshold,
+    MinSamples,
+    Parallelism,
+}
+
+impl AdaptiveField {
+    /// The field's path in the configuration.
+    pub fn config_param(self) -> &'static str {
+        match self {
+            AdaptiveField::Threshold => "adaptive.threshold",
+            AdaptiveField::MinSamples => "adaptive.min_samples",
+            AdaptiveField::Parallelism => "adaptive.parallelism",
+        }
+    }
+
+    /// The field's path in a request's `algorithm` override.
+    pub fn request_param(self) -> &'static str {
+        match self {
+            AdaptiveField::Threshold => "algorithm.adaptive.threshold",
+            AdaptiveField::MinSamples => "algorithm.adaptive.min_samples",
+            AdaptiveField::Parallelism => "algorithm.adaptive.parallelism",
+        }
+    }
+}
+
+/// Checks adaptive settings against the endpoint's `max_budget`. The error is the field and
+/// what is wrong with it ("must be …, got …"), so the configuration and a request override can
+/// each report it under its own path.
+pub fn check_adaptive(a: &AdaptiveConfig, max_budget: u32) -> Result<(), (AdaptiveField, String)> {
     if let Some(t) = a.threshold
         && !(t.is_finite() && t > 0.0 && t <= 1.0)
     {
         return Err((
-            "adaptive.threshold",
-            format!("adaptive.threshold must be above 0 and at most 1, got {t}"),
+            AdaptiveField::Threshold,
+            format!("must be above 0 and at most 1, got {t}"),
         ));
     }
     if let Some(m) = a.min_samples
         && !(1..=max_budget).contains(&m)
     {
         return Err((
-            "adaptive.min_samples",
-            format!(
-                "adaptive.min_samples must be between 1 and max_budget ({max_budget}), got {m}"
-            ),
+            AdaptiveField::MinSamples,
+            format!("must be between 1 and max_budget ({max_budget}), got {m}"),
         ));
     }
     if a.parallelism == Some(0) {
         return Err((
-            "adaptive.parallelism",
-            "adaptive.parallelism must be at least 1, got 0".to_owned(),
+            AdaptiveField::Parallelism,
+            "must be at least 1, got 0".to_owned(),
         ));
     }
     Ok(())
