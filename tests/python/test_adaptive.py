@@ -11,6 +11,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from conftest import BIN_DIR, Mock, Process, start_worker
+
 QUESTION = [{"role": "user", "content": "What is 847 * 293 + 156?"}]
 
 
@@ -40,7 +42,24 @@ def cancelled_calls_metric(worker) -> float:
 
 # --- early decision -----------------------------------------------------------------------
 
-def test_a_decided_vote_answers_without_the_stragglers_and_cancels_them(worker, mock):
+@pytest.fixture
+def own_mock():
+    """A simulator no other test has talked to: the scenario below counts requests, and a late
+    retry from an earlier test would shift which calls hang."""
+    proc = Process([str(BIN_DIR / "mock-llm"), "--port", "0", "--seed", "7"])
+    yield Mock(proc)
+    proc.stop()
+
+
+@pytest.fixture
+def own_worker(own_mock):
+    w = start_worker(own_mock)
+    yield w
+    w.proc.stop()
+
+
+def test_a_decided_vote_answers_without_the_stragglers_and_cancels_them(own_worker, own_mock):
+    worker, mock = own_worker, own_mock
     # The decision is exact at the candidate level: an outstanding call *before* the first A in
     # call order could still answer A and become the returned candidate, so only calls after it
     # may be dropped. A window of 3 (adaptive, with a rule that can never reach its threshold of
