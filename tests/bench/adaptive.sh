@@ -33,13 +33,8 @@ start() { # start NAME CMD... -> sets URL
 
 start mock "$BIN/mock-llm" --port 0 --seed 11
 MOCK_URL=$URL
-cat > "$WORK/worker.yaml" <<YAML
-provider: openai-compatible
-endpoint: $MOCK_URL/v1
-model: m
-server: {port: 0, log_level: warn}
-YAML
-start worker "$BIN/inferscale-worker" --config "$WORK/worker.yaml"
+# No config file: each mode is applied through /configure (read-only when started with one).
+start worker "$BIN/inferscale-worker" --port 0
 WORKER_URL=$URL
 
 MOCK_URL=$MOCK_URL WORKER_URL=$WORKER_URL python3 - <<'PY'
