@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use inferscale_worker::config::{
-    AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ProviderKind, ToolVote,
+    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ProviderKind,
+    ToolVote,
 };
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -201,6 +202,14 @@ fn default_secret_access_key_key() -> String {
     validation = Rule::new(format!("(!has(self.defaultBudget) || self.defaultBudget >= 1) && (!has(self.maxBudget) || (self.maxBudget >= 1 && self.maxBudget <= {MAX_BUDGET_LIMIT})) && (!has(self.defaultBudget) || self.defaultBudget <= (has(self.maxBudget) ? self.maxBudget : {MAX_BUDGET_LIMIT}))"))
         .message(kube::core::Message::Message(format!("budgets must satisfy 1 <= defaultBudget <= maxBudget <= {MAX_BUDGET_LIMIT}")))
 )]
+#[x_kube(
+    validation = Rule::new("self.name == 'self-consistency' || !has(self.adaptive)")
+        .message("adaptive is only valid with algorithm self-consistency")
+)]
+#[x_kube(
+    validation = Rule::new(format!("!has(self.adaptive) || !has(self.adaptive.minSamples) || self.adaptive.minSamples <= (has(self.maxBudget) ? self.maxBudget : {DEFAULT_MAX_BUDGET})"))
+        .message("adaptive.minSamples must not exceed maxBudget")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AlgorithmSpec {
     /// `self-consistency` (majority vote over answers or tool calls) or `best-of-n` (an LLM judge
@@ -228,6 +237,53 @@ pub struct AlgorithmSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_budget: Option<i32>,
+    /// Adaptive self-consistency: calls run in a rolling window and sampling stops once a
+    /// statistical rule is confident in the current leader (maxBudget stays the most calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveSpec>,
+    /// Which parts of the algorithm a request may override with its `algorithm` field:
+    /// `name`, `toolVote`, `adaptive` (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_override: Option<Vec<RequestOverrideKey>>,
+}
+
+/// Adaptive self-consistency settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("!has(self.threshold) || (self.threshold > 0.0 && self.threshold <= 1.0)")
+        .message("adaptive.threshold must be above 0 and at most 1")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.parallelism) || self.parallelism >= 1")
+        .message("adaptive.parallelism must be at least 1")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.minSamples) || self.minSamples >= 1")
+        .message("adaptive.minSamples must be at least 1")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptiveSpec {
+    /// `beta` (Beta posterior, threshold 0.95 by default), `dirichlet` (Dirichlet posterior,
+    /// 0.95) or `its_hub` (leader's share after 2, 4, 8, … samples, 0.75).
+    pub rule: AdaptiveRuleName,
+    /// Confidence at which sampling stops, in (0, 1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Successful samples before the rule is consulted (default 2, at most maxBudget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<i32>,
+    /// Calls in flight at once (default the smaller of the budget and 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i32>,
+}
+
+/// A part of the algorithm a request may override.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RequestOverrideKey {
+    Name,
+    ToolVote,
+    Adaptive,
 }
 
 /// The LLM judge of best-of-n: a model block like `spec.model`, plus how it judges.

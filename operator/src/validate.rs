@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 
 use inferscale_worker::config::{
-    AlgorithmName, LogFormat, ProviderKind, SecretValue, ServerSettings, WorkerConfig,
+    AdaptiveConfig, AlgorithmName, LogFormat, OverrideKey, ProviderKind, SecretValue,
+    ServerSettings, WorkerConfig,
 };
 use sha2::{Digest, Sha256};
 
-use crate::crd::{ModelSpec, ScalingEndpoint};
+use crate::crd::{ModelSpec, RequestOverrideKey, ScalingEndpoint};
 use crate::custom_endpoint::{ALLOW_CUSTOM_ENDPOINT_LABEL, secrets_sent_to_custom_endpoints};
 use crate::dereference::{SecretUse, Secrets, secret_uses};
 use crate::digest;
@@ -203,6 +204,25 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
     c.regex_patterns = alg.regex_patterns.clone();
     c.budget = non_negative(alg.default_budget, "spec.algorithm.defaultBudget")?;
     c.max_budget = non_negative(alg.max_budget, "spec.algorithm.maxBudget")?;
+    c.adaptive = match &alg.adaptive {
+        None => None,
+        Some(a) => Some(AdaptiveConfig {
+            rule: a.rule,
+            threshold: a.threshold,
+            min_samples: non_negative(a.min_samples, "spec.algorithm.adaptive.minSamples")?,
+            parallelism: non_negative(a.parallelism, "spec.algorithm.adaptive.parallelism")?,
+        }),
+    };
+    c.allow_request_override = alg
+        .request_override
+        .iter()
+        .flatten()
+        .map(|k| match k {
+            RequestOverrideKey::Name => OverrideKey::Name,
+            RequestOverrideKey::ToolVote => OverrideKey::ToolVote,
+            RequestOverrideKey::Adaptive => OverrideKey::Adaptive,
+        })
+        .collect();
 
     if let Some(judge) = &spec.judge {
         let m = &judge.model;
@@ -491,6 +511,51 @@ spec:
         let p = validate(&se, &Secrets::new()).unwrap().unwrap_err();
         assert_eq!(p.reason, "InvalidConfig");
         assert!(p.message.contains("regex_patterns[0]"), "{}", p.message);
+    }
+
+    #[test]
+    fn adaptive_and_request_overrides_reach_the_worker_config() {
+        let se = endpoint(
+            r#"
+metadata: {name: adaptive}
+spec:
+  model: {name: m}
+  algorithm:
+    name: self-consistency
+    maxBudget: 8
+    adaptive: {rule: its_hub, threshold: 0.8, minSamples: 3, parallelism: 2}
+    requestOverride: [name, toolVote, adaptive]
+"#,
+        );
+        let c = ok(&se, &Secrets::new()).config;
+        assert_eq!(
+            c.adaptive,
+            Some(AdaptiveConfig {
+                rule: inferscale_worker::config::AdaptiveRuleName::ItsHub,
+                threshold: Some(0.8),
+                min_samples: Some(3),
+                parallelism: Some(2),
+            })
+        );
+        assert_eq!(
+            c.allow_request_override,
+            [
+                OverrideKey::Name,
+                OverrideKey::ToolVote,
+                OverrideKey::Adaptive
+            ]
+        );
+        // What the CRD's CEL rules refuse, the worker's validation refuses too.
+        let se = endpoint(
+            r#"
+metadata: {name: bad}
+spec:
+  model: {name: m}
+  algorithm: {name: self-consistency, maxBudget: 4, adaptive: {rule: beta, minSamples: 5}}
+"#,
+        );
+        let p = validate(&se, &Secrets::new()).unwrap().unwrap_err();
+        assert!(p.message.contains("adaptive.min_samples"), "{}", p.message);
     }
 
     #[test]

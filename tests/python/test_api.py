@@ -31,8 +31,10 @@ QUESTION = [{"role": "user", "content": "What is 847 * 293 + 156?"}]
 
 
 def sc_config(mock, **extra):
+    # These tests check the full vote (every candidate in the metadata); stopping once the vote
+    # is decided is tested in test_adaptive.py.
     return {"provider": "openai-compatible", "endpoint": f"{mock.url}/v1", "model": "m",
-            "alg": "self-consistency", **extra}
+            "alg": "self-consistency", "early_decision": False, **extra}
 
 
 def bon_config(mock, **extra):

@@ -270,9 +270,11 @@ def test_tool_calling_curl_example(worker, mock):
     assert call["function"]["name"] == "calculator"
     # The simulator answered "847 * 293 + 156" three times out of five, "847*293+156" twice.
     assert json.loads(call["function"]["arguments"]) == {"expression": "847 * 293 + 156"}
-    assert mock.stats()["requests"] == 5
+    # Budget 5; calls after a decided vote may be cancelled before they are sent.
+    sent = mock.stats()["requests"]
+    assert 3 <= sent <= 5
     # The guide's API key reached the upstream; the worker's own fields did not.
-    forwarded = mock.requests(5)
+    forwarded = mock.requests(sent)
     assert all(r["authorization"] == "Bearer your-openai-api-key" for r in forwarded)
     assert all("budget" not in r["body"] for r in forwarded)
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"] > 0
@@ -301,15 +303,19 @@ def test_basic_text_example(worker, mock):
     assert code == 200, body
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["choices"][0]["message"]["content"] == "The answer is 248327."
-    assert mock.stats()["requests"] == 4
+    # Budget 4; the vote may be decided (and the last calls cancelled before they are sent)
+    # once two agreeing answers lead in call order.
+    assert 2 <= mock.stats()["requests"] <= 4
 
 
 def test_ssh_tunnel_and_watson_examples(worker, mock):
     # The simulator stands in for the guide's vLLM server on port 8100.
     code, body = curl(VLLM_DIRECT, worker.url, vllm_url=mock.url)
     assert code == 200 and body["choices"][0]["message"]["content"], body
+    # Every call reaches the simulator, so its answer cycle is where the last example expects.
     worker.configure({"provider": "openai-compatible", "endpoint": f"{mock.url}/v1",
-                      "model": "Qwen/Qwen2.5-Math-1.5B-Instruct", "alg": "self-consistency"})
+                      "model": "Qwen/Qwen2.5-Math-1.5B-Instruct", "alg": "self-consistency",
+                      "early_decision": False})
     code, body = curl(IAAS_QWEN, worker.url)
     assert code == 200, body
     assert body["model"] == "Qwen/Qwen2.5-Math-1.5B-Instruct"

@@ -21,24 +21,51 @@ pub struct CallResult {
 }
 
 /// Calls in flight. Results come out in arrival order with the index of their call, so an
-/// algorithm can decide as they arrive and drop the rest, which cancels them.
+/// algorithm can decide as they arrive and drop the rest, which cancels them. Calls may be added
+/// while others run ([`InFlight::push`]), which is how a rolling window keeps a fixed number busy.
 pub struct InFlight {
     set: JoinSet<(usize, CallResult)>,
+    provider: SharedProvider,
+    metrics: Arc<UpstreamMetrics>,
 }
 
 impl InFlight {
+    /// A fan-out with no call started yet.
+    pub fn new(provider: &SharedProvider, metrics: &Arc<UpstreamMetrics>) -> Self {
+        Self {
+            set: JoinSet::new(),
+            provider: provider.clone(),
+            metrics: metrics.clone(),
+        }
+    }
+
     /// Starts every call at once.
     pub fn spawn(
         provider: &SharedProvider,
         calls: &[Arc<PreparedCall>],
         metrics: &Arc<UpstreamMetrics>,
     ) -> Self {
-        let mut set = JoinSet::new();
+        let mut in_flight = Self::new(provider, metrics);
         for (index, call) in calls.iter().enumerate() {
-            let (provider, call, metrics) = (provider.clone(), call.clone(), metrics.clone());
-            set.spawn(async move { (index, timed_call(&provider, &call, &metrics).await) });
+            in_flight.push(index, call);
         }
-        Self { set }
+        in_flight
+    }
+
+    /// Starts one more call; its result comes out of [`InFlight::next`] with `index`.
+    pub fn push(&mut self, index: usize, call: &Arc<PreparedCall>) {
+        let (provider, call, metrics) = (self.provider.clone(), call.clone(), self.metrics.clone());
+        self.set
+            .spawn(async move { (index, timed_call(&provider, &call, &metrics).await) });
+    }
+
+    /// Calls started and not yet returned by [`InFlight::next`].
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
     }
 
     /// The next call to finish, with its index; `None` when none is left.

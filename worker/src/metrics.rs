@@ -13,6 +13,8 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     pub budget: HistogramVec,
     pub candidates: IntCounterVec,
+    /// Candidate calls aborted because the answer was already known (early decision, adaptive).
+    pub cancelled_calls: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub judge_calls: IntCounterVec,
@@ -125,6 +127,12 @@ impl Metrics {
                 "inferscale_candidates_total",
                 "Candidates generated, by outcome (ok, error).",
                 &["algorithm", "outcome"],
+            ),
+            cancelled_calls: counter(
+                &r,
+                "inferscale_cancelled_calls_total",
+                "Candidate calls cancelled once the answer was known (early decision, adaptive).",
+                &["algorithm"],
             ),
             upstream_requests: counter(
                 &r,

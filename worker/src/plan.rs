@@ -4,9 +4,14 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::AlgorithmName;
+use crate::algorithms::adaptive::{AdaptivePolicy, AdaptiveRule};
+use crate::config::{
+    AdaptiveConfig, AdaptiveRuleName, AlgorithmName, DEFAULT_ADAPTIVE_MIN_SAMPLES,
+    DEFAULT_ADAPTIVE_PARALLELISM, OverrideKey, ToolVote, check_adaptive,
+};
 use crate::providers::{ChatProvider, PreparedCall, ProviderError};
 
 /// The endpoint's budget settings.
@@ -39,6 +44,166 @@ pub fn resolve_budget(
         });
     }
     Ok(budget)
+}
+
+/// The endpoint's algorithm settings, as far as a request's choice is concerned.
+#[derive(Debug, Clone, Copy)]
+pub struct AlgorithmDefaults<'a> {
+    pub algorithm: AlgorithmName,
+    pub tool_vote: Option<ToolVote>,
+    pub adaptive: Option<&'a AdaptiveConfig>,
+    /// `allow_request_override`.
+    pub allowed: &'a [OverrideKey],
+    /// Whether best-of-n has a judge to call.
+    pub has_judge: bool,
+    pub max_budget: u32,
+}
+
+/// The algorithm a request runs with: the endpoint's, changed where the request may and did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlgorithmChoice {
+    pub algorithm: AlgorithmName,
+    pub tool_vote: Option<ToolVote>,
+    /// The adaptive policy, resolved for the request's budget (self-consistency only).
+    pub adaptive: Option<AdaptivePolicy>,
+}
+
+/// A refused `algorithm` override; `param` is the offending field's path in the request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OverrideError {
+    pub param: String,
+    pub message: String,
+}
+
+impl OverrideError {
+    fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A request's `algorithm` field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestedAlgorithm {
+    name: Option<AlgorithmName>,
+    tool_vote: Option<ToolVote>,
+    adaptive: Option<AdaptiveConfig>,
+}
+
+/// Applies a request's `algorithm` field (if any) to the endpoint's settings. Each key must be
+/// in `allow_request_override`; values are checked as strictly as the configuration's.
+pub fn choose_algorithm(
+    requested: Option<&Value>,
+    defaults: &AlgorithmDefaults<'_>,
+    budget: u32,
+) -> Result<AlgorithmChoice, OverrideError> {
+    let requested = match requested {
+        None => None,
+        Some(v) => Some(parse_requested(v)?),
+    };
+    let requested = requested.unwrap_or(RequestedAlgorithm {
+        name: None,
+        tool_vote: None,
+        adaptive: None,
+    });
+    let allow = |key: OverrideKey, present: bool, param: &str| {
+        if present && !defaults.allowed.contains(&key) {
+            Err(OverrideError::new(
+                param,
+                format!(
+                    "this endpoint does not let requests override {param} (see allow_request_override)"
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    allow(
+        OverrideKey::Name,
+        requested.name.is_some(),
+        "algorithm.name",
+    )?;
+    allow(
+        OverrideKey::ToolVote,
+        requested.tool_vote.is_some(),
+        "algorithm.tool_vote",
+    )?;
+    allow(
+        OverrideKey::Adaptive,
+        requested.adaptive.is_some(),
+        "algorithm.adaptive",
+    )?;
+    let algorithm = requested.name.unwrap_or(defaults.algorithm);
+    if requested.name == Some(AlgorithmName::BestOfN) && !defaults.has_judge {
+        return Err(OverrideError::new(
+            "algorithm.name",
+            "best-of-n needs a judge, and this endpoint has none configured (judge_model)",
+        ));
+    }
+    if let Some(a) = &requested.adaptive {
+        if algorithm == AlgorithmName::BestOfN {
+            return Err(OverrideError::new(
+                "algorithm.adaptive",
+                "adaptive applies to self-consistency only, not to best-of-n",
+            ));
+        }
+        check_adaptive(a, defaults.max_budget).map_err(|(field, problem)| {
+            let param = field.request_param();
+            OverrideError::new(param, format!("{param} {problem}"))
+        })?;
+    }
+    let adaptive = match algorithm {
+        AlgorithmName::SelfConsistency => requested
+            .adaptive
+            .as_ref()
+            .or(defaults.adaptive)
+            .map(|a| adaptive_policy(a, budget)),
+        AlgorithmName::BestOfN => None,
+    };
+    Ok(AlgorithmChoice {
+        algorithm,
+        tool_vote: requested.tool_vote.or(defaults.tool_vote),
+        adaptive,
+    })
+}
+
+fn parse_requested(value: &Value) -> Result<RequestedAlgorithm, OverrideError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let param = if path == "." {
+            "algorithm".to_owned()
+        } else {
+            format!("algorithm.{path}")
+        };
+        let inner = e.into_inner();
+        OverrideError::new(
+            param.clone(),
+            format!("Invalid value for '{param}': {inner}"),
+        )
+    })
+}
+
+/// Resolves adaptive settings for a request's budget: the rule's default threshold, at least
+/// one sample, and a window no wider than the budget.
+pub fn adaptive_policy(a: &AdaptiveConfig, budget: u32) -> AdaptivePolicy {
+    let rule = match a.rule {
+        AdaptiveRuleName::Beta => AdaptiveRule::Beta,
+        AdaptiveRuleName::Dirichlet => AdaptiveRule::Dirichlet,
+        AdaptiveRuleName::ItsHub => AdaptiveRule::ItsHub,
+    };
+    AdaptivePolicy {
+        rule,
+        threshold: a.threshold.unwrap_or(a.rule.default_threshold()),
+        min_samples: a.min_samples.unwrap_or(DEFAULT_ADAPTIVE_MIN_SAMPLES).max(1) as usize,
+        parallelism: a
+            .parallelism
+            .unwrap_or(DEFAULT_ADAPTIVE_PARALLELISM.min(budget))
+            .max(1) as usize,
+    }
 }
 
 /// How a budget is split into upstream calls.
@@ -119,6 +284,8 @@ pub struct PlanSettings<'a> {
 pub struct Plan {
     /// The upstream calls that spend the budget, each prepared once.
     pub calls: Vec<Arc<PreparedCall>>,
+    /// Candidates asked for by each call, in call order.
+    pub sizes: Vec<usize>,
     /// The conversation, for the judge (best-of-n with more than one candidate only).
     pub context: Vec<Value>,
 }
@@ -147,7 +314,12 @@ pub fn plan(
         settings.provider.supports_n(),
     );
     let calls = prepare_calls(settings.provider, forward, split)?;
-    Ok(Plan { calls, context })
+    let sizes = split.sizes().into_iter().map(|n| n as usize).collect();
+    Ok(Plan {
+        calls,
+        sizes,
+        context,
+    })
 }
 
 #[cfg(test)]
@@ -198,6 +370,132 @@ mod tests {
             }
             .to_string(),
             "budget 50 exceeds this endpoint's max_budget of 16"
+        );
+    }
+
+    const ALL_KEYS: &[OverrideKey] = &[
+        OverrideKey::Name,
+        OverrideKey::ToolVote,
+        OverrideKey::Adaptive,
+    ];
+
+    fn defaults<'a>(
+        allowed: &'a [OverrideKey],
+        adaptive: Option<&'a AdaptiveConfig>,
+    ) -> AlgorithmDefaults<'a> {
+        AlgorithmDefaults {
+            algorithm: AlgorithmName::SelfConsistency,
+            tool_vote: None,
+            adaptive,
+            allowed,
+            has_judge: false,
+            max_budget: 16,
+        }
+    }
+
+    fn beta() -> AdaptiveConfig {
+        AdaptiveConfig {
+            rule: AdaptiveRuleName::Beta,
+            threshold: None,
+            min_samples: None,
+            parallelism: None,
+        }
+    }
+
+    #[test]
+    fn without_an_override_the_endpoint_settings_apply() {
+        let a = beta();
+        let choice = choose_algorithm(None, &defaults(&[], Some(&a)), 8).unwrap();
+        assert_eq!(choice.algorithm, AlgorithmName::SelfConsistency);
+        let policy = choice.adaptive.unwrap();
+        assert_eq!(
+            (
+                policy.rule,
+                policy.threshold,
+                policy.min_samples,
+                policy.parallelism
+            ),
+            (AdaptiveRule::Beta, 0.95, 2, 4)
+        );
+        // The window is never wider than the budget.
+        let small = choose_algorithm(None, &defaults(&[], Some(&a)), 3).unwrap();
+        assert_eq!(small.adaptive.unwrap().parallelism, 3);
+    }
+
+    #[test]
+    fn allowed_overrides_change_the_algorithm() {
+        let requested = json!({
+            "tool_vote": "tool_args",
+            "adaptive": {"rule": "its_hub", "parallelism": 2}
+        });
+        let choice = choose_algorithm(Some(&requested), &defaults(ALL_KEYS, None), 16).unwrap();
+        assert_eq!(choice.tool_vote, Some(ToolVote::ToolArgs));
+        let policy = choice.adaptive.unwrap();
+        assert_eq!(policy.rule, AdaptiveRule::ItsHub);
+        assert_eq!(policy.threshold, 0.75);
+        assert_eq!(policy.parallelism, 2);
+
+        // Switching to best-of-n leaves the endpoint's adaptive setting behind.
+        let a = beta();
+        let mut with_judge = defaults(ALL_KEYS, Some(&a));
+        with_judge.has_judge = true;
+        let bon = json!({"name": "best-of-n"});
+        let choice = choose_algorithm(Some(&bon), &with_judge, 4).unwrap();
+        assert_eq!(choice.algorithm, AlgorithmName::BestOfN);
+        assert_eq!(choice.adaptive, None);
+    }
+
+    #[test]
+    fn refused_overrides_name_the_field() {
+        let only_name = &[OverrideKey::Name];
+        // (allowed, request, param)
+        let cases: [(&[OverrideKey], Value, &str); 9] = [
+            (&[], json!({"name": "self-consistency"}), "algorithm.name"),
+            (
+                only_name,
+                json!({"tool_vote": "tool_name"}),
+                "algorithm.tool_vote",
+            ),
+            (
+                only_name,
+                json!({"adaptive": {"rule": "beta"}}),
+                "algorithm.adaptive",
+            ),
+            (only_name, json!({"name": "best-of-n"}), "algorithm.name"),
+            (ALL_KEYS, json!({"name": "majority"}), "algorithm.name"),
+            (
+                ALL_KEYS,
+                json!({"adaptive": {"rule": "beta", "threshold": 1.5}}),
+                "algorithm.adaptive.threshold",
+            ),
+            (
+                ALL_KEYS,
+                json!({"adaptive": {"rule": "beta", "parallelism": 0}}),
+                "algorithm.adaptive.parallelism",
+            ),
+            (
+                ALL_KEYS,
+                json!({"adaptive": {"rule": "beta", "min_samples": 17}}),
+                "algorithm.adaptive.min_samples",
+            ),
+            (ALL_KEYS, json!({"colour": "blue"}), "algorithm.colour"),
+        ];
+        for (allowed, requested, param) in cases {
+            let e = choose_algorithm(Some(&requested), &defaults(allowed, None), 8).unwrap_err();
+            assert_eq!(e.param, param, "{requested}: {e}");
+        }
+        let e =
+            choose_algorithm(Some(&json!("best-of-n")), &defaults(ALL_KEYS, None), 8).unwrap_err();
+        assert_eq!(e.param, "algorithm");
+        let e = choose_algorithm(
+            Some(&json!({"adaptive": {"rule": "beta", "threshold": 0}})),
+            &defaults(ALL_KEYS, None),
+            8,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "algorithm.adaptive.threshold must be above 0 and at most 1, got 0"
         );
     }
 
@@ -296,6 +594,7 @@ mod tests {
         let plan = plan(request, 7, &settings(&provider, AlgorithmName::BestOfN, 3)).unwrap();
         let ns: Vec<Value> = plan.calls.iter().map(|c| body(c)["n"].clone()).collect();
         assert_eq!(ns, [json!(3), json!(3), json!(1)]);
+        assert_eq!(plan.sizes, [3, 3, 1]);
         assert!(Arc::ptr_eq(&plan.calls[0], &plan.calls[1]));
         // The request's own temperature wins over the endpoint's default.
         assert_eq!(body(&plan.calls[2])["temperature"], 0.2);

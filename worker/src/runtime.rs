@@ -18,7 +18,8 @@ use crate::config::limits::{
 };
 use crate::config::routing::{OPENAI_DEFAULT_BASE, Route, resolve_routes};
 use crate::config::{
-    AlgorithmName, ConfigError, JudgeMode, LiveSecret, SecretValue, UpstreamSettings, WorkerConfig,
+    AdaptiveConfig, AlgorithmName, ConfigError, JudgeMode, LiveSecret, OverrideKey, SecretValue,
+    UpstreamSettings, WorkerConfig,
 };
 use crate::judge::Judge;
 use crate::metrics::{Metrics, UpstreamMetrics};
@@ -41,6 +42,12 @@ pub struct Runtime {
     pub min_successful: usize,
     /// Candidates asked for per upstream call (OpenAI's `n`); 1 = one call per candidate.
     pub candidates_per_call: u32,
+    /// Adaptive self-consistency, resolved per request (its window depends on the budget).
+    pub adaptive: Option<AdaptiveConfig>,
+    /// What a request's `algorithm` field may override.
+    pub allow_request_override: Vec<OverrideKey>,
+    /// Whether self-consistency stops once its vote is decided (off only for benchmarks).
+    pub early_decision: bool,
     /// Unix time the configuration was applied.
     pub created: u64,
 }
@@ -136,6 +143,9 @@ impl Runtime {
                 .min_successful_candidates
                 .unwrap_or(DEFAULT_MIN_SUCCESSFUL_CANDIDATES) as usize,
             candidates_per_call,
+            adaptive: cfg.adaptive.clone(),
+            allow_request_override: cfg.allow_request_override.clone(),
+            early_decision: cfg.early_decision.unwrap_or(true),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -152,6 +162,8 @@ impl Runtime {
             vote: &self.vote,
             judge: self.judge.as_ref(),
             min_successful: self.min_successful,
+            early_decision: self.early_decision,
+            adaptive: None,
         }
     }
 

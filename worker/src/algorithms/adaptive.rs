@@ -17,7 +17,50 @@ pub enum AdaptiveRule {
     ItsHub,
 }
 
+/// A resolved adaptive setting: which rule, when it is confident enough, and how many calls run
+/// at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptivePolicy {
+    pub rule: AdaptiveRule,
+    /// Stop once the rule's confidence reaches this, in (0, 1].
+    pub threshold: f64,
+    /// Successful samples needed before the rule is asked at all (at least 1).
+    pub min_samples: usize,
+    /// Calls in flight at once (at least 1); a new one starts as one finishes.
+    pub parallelism: usize,
+}
+
+impl AdaptivePolicy {
+    /// True when the vote counts of the samples so far let this policy stop.
+    pub fn confident(&self, counts: &[usize]) -> bool {
+        let samples: usize = counts.iter().sum();
+        samples >= self.min_samples
+            && self
+                .rule
+                .confidence(counts)
+                .is_some_and(|c| c >= self.threshold)
+    }
+}
+
 impl AdaptiveRule {
+    /// The rule's name in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdaptiveRule::Beta => "beta",
+            AdaptiveRule::Dirichlet => "dirichlet",
+            AdaptiveRule::ItsHub => "its_hub",
+        }
+    }
+
+    /// The threshold used when the configuration names none: the paper's 0.95 for the posterior
+    /// rules, its_hub's 0.75 for the share rule.
+    pub fn default_threshold(self) -> f64 {
+        match self {
+            AdaptiveRule::Beta | AdaptiveRule::Dirichlet => 0.95,
+            AdaptiveRule::ItsHub => 0.75,
+        }
+    }
+
     /// Confidence that the current leader is the final majority, from the vote counts of the
     /// answers seen so far (any order). `None` when this rule does not judge at this number of
     /// samples (its_hub only looks at the end of a round).

@@ -22,9 +22,10 @@ use super::request::{ChatRequest, parse_budget_header, parse_chat};
 use super::response::{
     ChatCompletion, Choice, StreamHead, error_frames, finish_reason, keep_alive, normalise_message,
 };
+use crate::algorithms::vote::VoteSettings;
 use crate::algorithms::{self, Outcome};
 use crate::metrics::Metrics;
-use crate::plan::{self, BudgetPolicy, Plan, PlanSettings};
+use crate::plan::{self, AlgorithmChoice, AlgorithmDefaults, BudgetPolicy, Plan, PlanSettings};
 use crate::runtime::Runtime;
 
 /// How often a waiting stream sends an SSE comment.
@@ -36,6 +37,10 @@ struct Job {
     req: ChatRequest,
     budget: u32,
     plan: Plan,
+    /// The algorithm this request runs: the endpoint's, or the request's override.
+    choice: AlgorithmChoice,
+    /// The vote settings when the request changed `tool_vote`; else the endpoint's apply.
+    vote: Option<VoteSettings>,
 }
 
 pub async fn chat_completions(
@@ -82,7 +87,7 @@ pub async fn chat_completions(
 }
 
 fn label(job: &Job) -> &'static str {
-    match (job.budget, job.rt.algorithm) {
+    match (job.budget, job.choice.algorithm) {
         (1, _) => "single",
         (_, a) => a.as_str(),
     }
@@ -108,8 +113,22 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
         max: rt.max_budget,
     };
     let budget = plan::resolve_budget(header_budget, req.budget, policy)?;
-    let settings = PlanSettings {
+    let defaults = AlgorithmDefaults {
         algorithm: rt.algorithm,
+        tool_vote: rt.vote.tool_vote,
+        adaptive: rt.adaptive.as_ref(),
+        allowed: &rt.allow_request_override,
+        has_judge: rt.judge.is_some(),
+        max_budget: rt.max_budget,
+    };
+    let choice = plan::choose_algorithm(req.algorithm.as_ref(), &defaults, budget)
+        .map_err(|e| ApiError::bad_request(e.message, Some(e.param)))?;
+    let vote = (choice.tool_vote != rt.vote.tool_vote).then(|| VoteSettings {
+        tool_vote: choice.tool_vote,
+        ..rt.vote.clone()
+    });
+    let settings = PlanSettings {
+        algorithm: choice.algorithm,
         provider: rt.provider.as_ref(),
         default_temperature: rt.default_temperature,
         candidates_per_call: rt.candidates_per_call,
@@ -121,6 +140,8 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
         req,
         budget,
         plan,
+        choice,
+        vote,
     })
 }
 
@@ -129,10 +150,16 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
 /// aborts every upstream call still in flight.
 async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     let deadline = job.rt.request_timeout;
-    let inputs = job.rt.algorithm_inputs();
+    let mut inputs = job.rt.algorithm_inputs();
+    inputs.algorithm = job.choice.algorithm;
+    inputs.adaptive = job.choice.adaptive;
+    if let Some(vote) = &job.vote {
+        inputs.vote = vote;
+    }
     let work = algorithms::run(
         &inputs,
         &job.plan.calls,
+        &job.plan.sizes,
         job.budget,
         &job.plan.context,
         metrics,

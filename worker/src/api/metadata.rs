@@ -24,6 +24,12 @@ pub struct Metadata {
     pub algorithm: &'static str,
     /// Every successful candidate's message as the upstream returned it, in call order.
     pub all_responses: Vec<Value>,
+    /// Candidate calls aborted once the answer was known.
+    pub calls_cancelled: usize,
+    /// Candidate calls that returned, with candidates or an error.
+    pub calls_completed: usize,
+    /// Candidate calls started.
+    pub calls_sent: usize,
     /// Why the failed candidate calls failed (absent when none failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidate_errors: Option<Vec<String>>,
@@ -40,6 +46,9 @@ pub struct Metadata {
     pub scores: Option<Vec<Option<f64>>>,
     /// Index into `all_responses` of the returned answer.
     pub selected_index: usize,
+    /// Why sampling stopped: `all_completed`, `decided` (the vote could no longer change) or
+    /// `adaptive_confident`.
+    pub stop_reason: &'static str,
     /// Votes per tool name, the first level of a `tool_hierarchical` vote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_name_counts: Option<BTreeMap<String, usize>>,
@@ -78,12 +87,16 @@ impl Metadata {
                 .iter()
                 .map(|c| c.message.clone())
                 .collect(),
+            calls_cancelled: outcome.calls.cancelled,
+            calls_completed: outcome.calls.completed,
+            calls_sent: outcome.calls.sent,
             candidate_errors: (!outcome.failures.is_empty()).then(|| outcome.failures.clone()),
             failed_candidates: outcome.failed_candidates,
             judge: None,
             response_counts: None,
             scores: None,
             selected_index: outcome.selected,
+            stop_reason: outcome.stop_reason.as_str(),
             tool_name_counts: None,
             vote_space: None,
         };
@@ -131,6 +144,7 @@ mod tests {
 
     use super::*;
     use crate::algorithms::vote::VoteSpace;
+    use crate::algorithms::{CallCounts, StopReason};
     use crate::config::{AlgorithmName, JudgeMode};
     use crate::judge::{JudgeFailure, JudgeFailureKind};
     use crate::providers::{Candidate, Usage};
@@ -150,6 +164,12 @@ mod tests {
             failed_candidates: 0,
             system_fingerprint: None,
             detail,
+            calls: CallCounts {
+                sent: 3,
+                completed: 3,
+                cancelled: 0,
+            },
+            stop_reason: StopReason::AllCompleted,
         }
     }
 
@@ -187,6 +207,10 @@ mod tests {
                 {"role": "assistant", "content": "42"}
             ],
             "selected_index": 0,
+            "calls_sent": 3,
+            "calls_completed": 3,
+            "calls_cancelled": 0,
+            "stop_reason": "all_completed",
             "response_counts": {"42": 2, "41": 1},
             "vote_space": "text_regex",
             "agreement": 0.5,
@@ -237,6 +261,10 @@ mod tests {
                 {"role": "assistant", "content": "42"}
             ],
             "selected_index": 0,
+            "calls_sent": 3,
+            "calls_completed": 3,
+            "calls_cancelled": 0,
+            "stop_reason": "all_completed",
             "scores": [null, null, null],
             "judge": {
                 "mode": "pointwise", "criterion": "overall_quality", "distinct_candidates": 2,

@@ -36,6 +36,23 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<IgnoredAny>,
     /// Must be 1 if given: one answer is returned (use `budget` for more candidates).
     pub n: Option<u64>,
+    /// Overrides the endpoint's algorithm for this request, where `allow_request_override`
+    /// permits. Checked when the request is planned; never forwarded.
+    #[schemars(with = "Option<AlgorithmOverride>")]
+    pub algorithm: Option<IgnoredAny>,
+}
+
+/// A request's `algorithm` field (sent through the OpenAI SDK's `extra_body`).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmOverride {
+    /// `self-consistency` or `best-of-n` (best-of-n needs a judge on the endpoint).
+    pub name: Option<crate::config::AlgorithmName>,
+    /// How tool-call candidates are voted on.
+    pub tool_vote: Option<crate::config::ToolVote>,
+    /// Adaptive self-consistency: `{"rule": "beta" | "dirichlet" | "its_hub", "threshold",
+    /// "min_samples", "parallelism"}`.
+    pub adaptive: Option<crate::config::AdaptiveConfig>,
 }
 
 /// One message of the conversation.
@@ -139,6 +156,8 @@ pub struct ChatRequest {
     pub stream: bool,
     pub include_usage: bool,
     pub return_response_only: bool,
+    /// The `algorithm` override, unchecked (planning checks it against the endpoint).
+    pub algorithm: Option<Value>,
     /// The body to forward: everything but the worker's own fields and the streaming switches
     /// (the worker always calls upstream without streaming).
     pub forward: Map<String, Value>,
@@ -180,6 +199,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     for f in OWN_FIELDS {
         map.remove(*f);
     }
+    let algorithm = map.remove("algorithm");
     let budget = match typed.budget {
         None => None,
         Some(b) => Some(check_budget_range(b)?),
@@ -193,6 +213,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         return_response_only: typed.return_response_only.unwrap_or(true),
+        algorithm,
         forward: map,
     })
 }

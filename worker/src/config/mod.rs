@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{LiveSecret, SecretAllowList, SecretError, SecretValue};
-pub use validate::{ConfigError, MAX_BUDGET_LIMIT};
+pub use validate::{AdaptiveField, ConfigError, MAX_BUDGET_LIMIT, check_adaptive};
 
 /// Default number of candidates when neither the request nor the configuration names one.
 pub const DEFAULT_BUDGET: u32 = 4;
@@ -51,6 +51,18 @@ pub struct WorkerConfig {
     /// How tool-call candidates are voted on (self-consistency only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_vote: Option<ToolVote>,
+    /// Adaptive self-consistency: sample in a rolling window and stop once a statistical rule is
+    /// confident in the current leader. The budget stays the most calls a request may make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
+    /// Which parts of the algorithm a request may override with its `algorithm` field
+    /// (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_request_override: Vec<OverrideKey>,
+    /// Benchmark aid: `false` makes self-consistency wait for every call even when the vote is
+    /// already decided (default `true`; the answer is the same either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_decision: Option<bool>,
     /// Tool argument names ignored when voting (timestamps, request ids). `exclude_tool_args` is
     /// accepted as an alias.
     #[serde(
@@ -167,6 +179,63 @@ impl AlgorithmName {
             AlgorithmName::BestOfN => "best-of-n",
         }
     }
+}
+
+/// Adaptive self-consistency settings (`adaptive` in the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// `beta`, `dirichlet` or `its_hub`.
+    pub rule: AdaptiveRuleName,
+    /// Confidence at which sampling stops, in (0, 1] (default 0.95 for `beta` and `dirichlet`,
+    /// 0.75 for `its_hub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Successful samples before the rule is consulted (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u32>,
+    /// Calls in flight at once (default the smaller of the budget and 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+}
+
+/// The stopping rule of adaptive self-consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptiveRuleName {
+    /// P(leader's share > runner-up's) under a Beta posterior (Aggarwal et al. 2023).
+    Beta,
+    /// P(leader's share is the largest) under a Dirichlet posterior over every answer seen.
+    Dirichlet,
+    /// its_hub's rule: the leader's share of the votes after 2, 4, 8, … samples.
+    ItsHub,
+}
+
+/// Default `adaptive.min_samples`.
+pub const DEFAULT_ADAPTIVE_MIN_SAMPLES: u32 = 2;
+/// Default `adaptive.parallelism` (when the budget is larger).
+pub const DEFAULT_ADAPTIVE_PARALLELISM: u32 = 4;
+
+impl AdaptiveRuleName {
+    /// The default `threshold`: the paper's 0.95 for the posterior rules, its_hub's 0.75.
+    pub fn default_threshold(self) -> f64 {
+        match self {
+            AdaptiveRuleName::Beta | AdaptiveRuleName::Dirichlet => 0.95,
+            AdaptiveRuleName::ItsHub => 0.75,
+        }
+    }
+}
+
+/// A part of the algorithm a request may override (`allow_request_override`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverrideKey {
+    /// `algorithm.name`: self-consistency or best-of-n.
+    Name,
+    /// `algorithm.tool_vote`.
+    ToolVote,
+    /// `algorithm.adaptive`.
+    Adaptive,
 }
 
 /// How tool-call candidates are compared.
@@ -406,6 +475,9 @@ impl WorkerConfig {
             model: model.into(),
             alg: AlgorithmName::SelfConsistency,
             tool_vote: None,
+            adaptive: None,
+            allow_request_override: Vec::new(),
+            early_decision: None,
             exclude_args: Vec::new(),
             regex_patterns: None,
             budget: None,

@@ -145,13 +145,18 @@ pub fn resolve_routes(
             ),
         ));
     }
-    let judge = match cfg.alg {
-        AlgorithmName::BestOfN => {
-            let judge = judge_route(cfg, &main, openai_base_env)?;
-            check_route(cfg, &judge, "judge_model")?;
-            Some(judge)
-        }
-        AlgorithmName::SelfConsistency => None,
+    // A self-consistency endpoint gets a judge too when requests may switch to best-of-n and a
+    // judge model is named.
+    let requests_may_judge = cfg
+        .allow_request_override
+        .contains(&super::OverrideKey::Name)
+        && cfg.judge_model.is_some();
+    let judge = if cfg.alg == AlgorithmName::BestOfN || requests_may_judge {
+        let judge = judge_route(cfg, &main, openai_base_env)?;
+        check_route(cfg, &judge, "judge_model")?;
+        Some(judge)
+    } else {
+        None
     };
     Ok(Routes { main, judge })
 }

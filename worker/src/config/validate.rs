@@ -1,7 +1,7 @@
 //! Validation of a [`WorkerConfig`] before anything is applied. Pure: no I/O except reading
 //! referenced secret files, which is done later by the runtime.
 
-use super::{AlgorithmName, WorkerConfig, limits};
+use super::{AdaptiveConfig, AlgorithmName, WorkerConfig, limits};
 
 /// Highest budget any configuration may allow (the reference service's limit).
 pub const MAX_BUDGET_LIMIT: u32 = 1000;
@@ -112,6 +112,18 @@ impl WorkerConfig {
                 "judge_criterion must not be empty",
             ));
         }
+        if let Some(a) = &self.adaptive {
+            if self.alg == AlgorithmName::BestOfN {
+                return Err(ConfigError::invalid(
+                    "adaptive",
+                    "adaptive applies to self-consistency only, not to best-of-n",
+                ));
+            }
+            check_adaptive(a, max).map_err(|(field, problem)| {
+                let param = field.config_param();
+                ConfigError::invalid(param, format!("{param} {problem}"))
+            })?;
+        }
         if let Some(u) = &self.upstream {
             limits::check_upstream(u, max)?;
         }
@@ -146,6 +158,63 @@ fn check_endpoint(param: &'static str, value: &str) -> Result<(), ConfigError> {
             format!("{param} must be \"auto\" or an http(s) URL, got {value:?}"),
         ))
     }
+}
+
+/// A field of the adaptive settings, for error reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdaptiveField {
+    Threshold,
+    MinSamples,
+    Parallelism,
+}
+
+impl AdaptiveField {
+    /// The field's path in the configuration.
+    pub fn config_param(self) -> &'static str {
+        match self {
+            AdaptiveField::Threshold => "adaptive.threshold",
+            AdaptiveField::MinSamples => "adaptive.min_samples",
+            AdaptiveField::Parallelism => "adaptive.parallelism",
+        }
+    }
+
+    /// The field's path in a request's `algorithm` override.
+    pub fn request_param(self) -> &'static str {
+        match self {
+            AdaptiveField::Threshold => "algorithm.adaptive.threshold",
+            AdaptiveField::MinSamples => "algorithm.adaptive.min_samples",
+            AdaptiveField::Parallelism => "algorithm.adaptive.parallelism",
+        }
+    }
+}
+
+/// Checks adaptive settings against the endpoint's `max_budget`. The error is the field and
+/// what is wrong with it ("must be …, got …"), so the configuration and a request override can
+/// each report it under its own path.
+pub fn check_adaptive(a: &AdaptiveConfig, max_budget: u32) -> Result<(), (AdaptiveField, String)> {
+    if let Some(t) = a.threshold
+        && !(t.is_finite() && t > 0.0 && t <= 1.0)
+    {
+        return Err((
+            AdaptiveField::Threshold,
+            format!("must be above 0 and at most 1, got {t}"),
+        ));
+    }
+    if let Some(m) = a.min_samples
+        && !(1..=max_budget).contains(&m)
+    {
+        return Err((
+            AdaptiveField::MinSamples,
+            format!("must be between 1 and max_budget ({max_budget}), got {m}"),
+        ));
+    }
+    if a.parallelism == Some(0) {
+        return Err((
+            AdaptiveField::Parallelism,
+            "must be at least 1, got 0".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_temperature(param: &'static str, value: Option<f64>) -> Result<(), ConfigError> {
@@ -232,6 +301,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn adaptive_settings_are_bounded_and_name_their_field() {
+        cfg(r#"{"model":"m","adaptive":{"rule":"beta"}}"#)
+            .validate()
+            .unwrap();
+        cfg(r#"{"model":"m","adaptive":{"rule":"its_hub","threshold":1,"min_samples":16,"parallelism":16}}"#)
+            .validate()
+            .unwrap();
+        let cases = [
+            (r#"{"rule":"beta","threshold":0}"#, "adaptive.threshold"),
+            (r#"{"rule":"beta","threshold":1.01}"#, "adaptive.threshold"),
+            (
+                r#"{"rule":"dirichlet","min_samples":0}"#,
+                "adaptive.min_samples",
+            ),
+            (
+                r#"{"rule":"dirichlet","min_samples":17}"#,
+                "adaptive.min_samples",
+            ),
+            (
+                r#"{"rule":"its_hub","parallelism":0}"#,
+                "adaptive.parallelism",
+            ),
+        ];
+        for (adaptive, param) in cases {
+            let e = cfg(&format!(r#"{{"model":"m","adaptive":{adaptive}}}"#))
+                .validate()
+                .unwrap_err();
+            assert_eq!(e.param(), Some(param), "{adaptive}: {e}");
+        }
+        let e = cfg(r#"{"model":"m","alg":"best-of-n","adaptive":{"rule":"beta"}}"#)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.param(), Some("adaptive"));
+        assert!(
+            serde_json::from_str::<WorkerConfig>(r#"{"model":"m","adaptive":{"rule":"vibes"}}"#)
+                .is_err()
+        );
     }
 
     #[test]
