@@ -56,9 +56,14 @@ test('a tool-calling request with budget 5 returns the voted tool call', async (
   assert.equal(call.function.name, 'calculator');
   // The simulator answers "847 * 293 + 156" three times in five and "847*293+156" twice.
   assert.deepEqual(JSON.parse(call.function.arguments), { expression: '847 * 293 + 156' });
-  assert.equal(r.metadata.all_responses.length, 5);
+  // Budget 5: five calls started; once the vote is decided the rest are cancelled.
+  const m = r.metadata;
+  assert.equal(m.calls_sent, 5);
+  assert.equal(m.calls_completed + m.calls_cancelled, 5);
+  assert.equal(m.all_responses.length, m.calls_completed);
+  assert.ok(['decided', 'all_completed'].includes(m.stop_reason), m.stop_reason);
   assert.equal(r.usage.total_tokens, r.usage.prompt_tokens + r.usage.completion_tokens);
-  assert.equal((await mockStats()).requests, 5, 'budget 5 spends exactly 5 upstream calls');
+  assert.ok((await mockStats()).requests <= 5, 'budget 5 spends at most 5 upstream calls');
 });
 
 test('a streamed request yields the winning answer, a finish reason and usage', async () => {
@@ -86,7 +91,8 @@ test('a streamed request yields the winning answer, a finish reason and usage', 
   assert.ok(content.length > 0, 'the streamed answer has content');
   assert.equal(finish, 'stop');
   assert.ok(usage && usage.total_tokens > 0, 'the usage chunk arrives when include_usage is set');
-  assert.equal((await mockStats()).requests, 4);
+  const sent = (await mockStats()).requests;
+  assert.ok(sent >= 1 && sent <= 4, `budget 4 spends 1 to 4 upstream calls, not ${sent}`);
 });
 
 test('a client error comes back as an OpenAI APIError with status and param', async () => {
