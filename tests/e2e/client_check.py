@@ -138,13 +138,27 @@ def run(worker: str, mock: str, api_key_expected: str | None = None, metrics_url
     meta = body.get("metadata") or {}
     counts = meta.get("response_counts") or {}
     c.check("metadata.algorithm", meta.get("algorithm") == "self-consistency", meta.get("algorithm"))
-    c.check("response_counts is 4 to 1", sorted(counts.values()) == [1, 4], counts)
-    c.check("all_responses has the 5 candidates", len(meta.get("all_responses") or []) == 5, meta.get("all_responses"))
-    c.check("agreement 0.8", abs(float(meta.get("agreement", -1)) - 0.8) < 1e-9, meta.get("agreement"))
+    # Five calls were started. Once the vote cannot change any more the worker answers and cancels
+    # the rest (early decision), so the metadata covers the calls that completed: all five (4 to 1)
+    # or fewer, with the same winner.
+    sent, completed = meta.get("calls_sent"), meta.get("calls_completed", -1)
+    c.check("5 calls sent, each completed or cancelled",
+            sent == 5 and completed + meta.get("calls_cancelled", -1) == 5, meta)
+    if meta.get("stop_reason") == "all_completed":
+        c.check("response_counts is 4 to 1", sorted(counts.values()) == [1, 4], counts)
+    else:
+        c.check("stopped because the vote was decided", meta.get("stop_reason") == "decided", meta.get("stop_reason"))
+        c.check("response_counts: a majority of the completed calls",
+                sum(counts.values()) == completed and 2 * max(counts.values(), default=0) > completed, counts)
+    c.check("all_responses has the completed candidates", len(meta.get("all_responses") or []) == completed,
+            meta.get("all_responses"))
+    agreement = max(counts.values(), default=0) / max(completed, 1)
+    c.check("agreement is the winner's share", abs(float(meta.get("agreement", -1)) - agreement) < 1e-9,
+            meta.get("agreement"))
 
-    # What reached the upstream.
+    # What reached the upstream (a cancelled call may have been dropped before it was sent).
     reqs = http("GET", f"{mock}/_mock/requests?limit=50")["requests"]
-    c.check("5 upstream calls", len(reqs) == 5, len(reqs))
+    c.check("upstream calls: the completed ones, at most 5", completed <= len(reqs) <= 5, len(reqs))
     c.check("upstream model", all(r["body"].get("model") == model for r in reqs), [r["body"].get("model") for r in reqs])
     c.check("worker fields not forwarded", all("budget" not in r["body"] and "return_response_only" not in r["body"] for r in reqs))
     if api_key_expected is not None:
@@ -160,9 +174,14 @@ def run(worker: str, mock: str, api_key_expected: str | None = None, metrics_url
     c.check("requests_total success +1", delta("inferscale_requests_total", algorithm="self-consistency", outcome="success") == 1)
     c.check("request_duration observed", delta("inferscale_request_duration_seconds_count", algorithm="self-consistency") == 1)
     c.check("budget 5 observed", delta("inferscale_budget_count") == 1 and delta("inferscale_budget_sum") == 5)
-    c.check("vote agreement 0.8 observed", delta("inferscale_vote_agreement_ratio_count") == 1 and abs(delta("inferscale_vote_agreement_ratio_sum") - 0.8) < 1e-9)
-    c.check("5 upstream 200s", delta("inferscale_upstream_requests_total", model=model, role="candidate", status="200") == 5)
-    c.check("upstream latency observed", delta("inferscale_upstream_request_duration_seconds_count", model=model, role="candidate") == 5)
+    c.check("vote agreement observed", delta("inferscale_vote_agreement_ratio_count") == 1
+            and abs(delta("inferscale_vote_agreement_ratio_sum") - agreement) < 1e-9)
+    # A call can answer after the vote was decided and before it is cancelled: the upstream metrics
+    # count every answer received, the metadata only those that took part.
+    ok_200 = delta("inferscale_upstream_requests_total", model=model, role="candidate", status="200")
+    c.check("an upstream 200 per completed call", completed <= ok_200 <= 5, ok_200)
+    observed = delta("inferscale_upstream_request_duration_seconds_count", model=model, role="candidate")
+    c.check("upstream latency observed", completed <= observed <= 5, observed)
     c.check("overhead observed", delta("inferscale_overhead_seconds_count") == 1)
     c.check("no judge fallback", delta("inferscale_judge_fallbacks_total") == 0)
     return c
