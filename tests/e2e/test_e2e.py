@@ -317,7 +317,7 @@ def test_openai_client_through_the_worker(operator, mock, workdir):
     assert worker.proc.returncode == 0, worker.logs()
 
 
-def test_dashboard_queries_match_the_worker_metrics():
+def test_dashboard_queries_match_the_worker_metrics(tmp_path):
     """Every metric the Grafana dashboard queries exists in a real worker's /metrics, with the
     labels the queries group by (namespace and service come from Prometheus' target labels)."""
     text = SEEN.get("metrics")
@@ -353,7 +353,7 @@ def test_dashboard_queries_match_the_worker_metrics():
         rules = {"groups": [{"name": "dashboard", "rules": [
             {"record": f"dashboard:expr{i}", "expr": e.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$endpoint", ".*")}
             for i, e in enumerate(exprs)]}]}
-        path = ROOT / "target" / "e2e-dashboard-rules.json"
+        path = tmp_path / "dashboard-rules.json"
         path.write_text(json.dumps(rules))
         done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
