@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -731,27 +730,7 @@ spec:
     assert!(deployments.get_opt("late").await.unwrap().is_none());
 
     // A Warning Event on the endpoint says the same.
-    let events: Api<Event> = ns.api();
-    eventually("a SecretNotFound Event", CHANGE_TIMEOUT, || {
-        let events = events.clone();
-        async move {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("SecretNotFound")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("late")
-                        && e.note.as_deref().is_some_and(|n| n.contains("late-openai"))
-                })
-                .then_some(())
-                .ok_or_else(|| format!("{} events, none matching", list.items.len()))
-        }
-    })
-    .await;
+    wait_for_warning(&ns, "SecretNotFound", "late", "late-openai", CHANGE_TIMEOUT).await;
 
     // The Secret appears, but without the key: the message names the key.
     let secrets: Api<Secret> = ns.api();

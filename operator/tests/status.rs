@@ -13,7 +13,6 @@ use inferscale_operator::config_rollout::mounted_config_map;
 use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -266,26 +265,7 @@ spec:
         "{message}"
     );
     assert!(message.contains("not a key!"), "{message}");
-    let events: Api<Event> = ns.api();
-    eventually("an ApplyFailed Warning Event", CHANGE_TIMEOUT, || {
-        let events = events.clone();
-        async move {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("ApplyFailed")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.note.as_deref().is_some_and(|n| n.contains("not a key!"))
-                })
-                .then_some(())
-                .ok_or_else(|| format!("{} events, none matching", list.items.len()))
-        }
-    })
-    .await;
+    wait_for_warning(&ns, "ApplyFailed", "bad", "not a key!", CHANGE_TIMEOUT).await;
     // Fixing the spec recovers without a restart.
     ses.patch(
         "bad",

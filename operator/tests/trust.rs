@@ -220,27 +220,13 @@ async fn pre_existing_service_and_deployment_are_never_adopted() {
     deploy_unchanged(&deployments.get("deploy-taken").await.unwrap());
 
     // A Warning Event names the object.
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    eventually("a ChildConflict Warning Event", TIMEOUT, || {
-        let events = events.clone();
-        async move {
-            let list = events
-                .list(&Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("ChildConflict")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.note
-                            .as_deref()
-                            .is_some_and(|n| n.contains(r#"Deployment "deploy-taken""#))
-                })
-                .map(|_| ())
-                .ok_or_else(|| format!("{} events, none matching", list.items.len()))
-        }
-    })
+    wait_for_warning(
+        &ns,
+        "ChildConflict",
+        "deploy-taken",
+        r#"Deployment "deploy-taken""#,
+        TIMEOUT,
+    )
     .await;
 
     // Deleting the endpoints collects what the operator created for them, and nothing else. The

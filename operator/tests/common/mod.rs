@@ -62,6 +62,43 @@ where
     }
 }
 
+/// Waits for a Warning Event in `ns` with `reason`, about object `regarding` (its name), whose
+/// note contains `note_contains`.
+pub async fn wait_for_warning(
+    ns: &TestNamespace,
+    reason: &str,
+    regarding: &str,
+    note_contains: &str,
+    timeout: Duration,
+) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    eventually(
+        &format!("a {reason} Warning Event about {regarding} naming {note_contains:?}"),
+        timeout,
+        || {
+            let events = events.clone();
+            async move {
+                let list = events
+                    .list(&Default::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some(reason)
+                            && e.type_.as_deref() == Some("Warning")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some(regarding)
+                            && e.note.as_deref().is_some_and(|n| n.contains(note_contains))
+                    })
+                    .then_some(())
+                    .ok_or_else(|| format!("{} events, none matching", list.items.len()))
+            }
+        },
+    )
+    .await;
+}
+
 /// Installs the committed CRD (the file users apply) and waits until it is served.
 pub async fn install_crd(client: &Client) {
     let text = std::fs::read_to_string(repo_path("crds/scalingendpoints.inferscale.dev.yaml"))
