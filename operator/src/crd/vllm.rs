@@ -1,0 +1,82 @@
+//! The in-cluster vLLM model server (`spec.vllm`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{DEFAULT_GPU_RESOURCE, SecretKeyRef, one};
+
+/// An in-cluster vLLM model server on GPU nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.gpus >= 1")
+        .message("vllm.gpus must be at least 1")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VllmSpec {
+    /// Hugging Face model id to serve, e.g. `Qwen/Qwen2.5-7B-Instruct`.
+    pub model: String,
+    /// vLLM image (default `vllm/vllm-openai:v0.11.0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Number of vLLM pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// GPUs per vLLM pod (requests and limits of `gpuResourceName`). At least 1.
+    #[serde(default = "one")]
+    pub gpus: i32,
+    /// Extended resource name of the GPUs.
+    #[serde(default = "default_gpu_resource")]
+    pub gpu_resource_name: String,
+    /// Node labels the vLLM pods require, e.g. `nvidia.com/gpu.product: NVIDIA-L4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the vLLM pods, e.g. for tainted GPU nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the vLLM pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// CPU and memory of the vLLM container; the GPU request is added from `gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra `vllm serve` arguments, e.g. `["--max-model-len", "8192"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Extra environment variables of the vLLM container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// The Secret key holding a Hugging Face token (gated models); passed as `HF_TOKEN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hf_token_secret_ref: Option<SecretKeyRef>,
+    /// Where downloaded weights are cached (`HF_HOME`). Unset: an unbounded emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<VllmCache>,
+    /// Priority class of the vLLM pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// The model cache: an existing PersistentVolumeClaim, or an emptyDir of a given size.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.emptyDirSize)")
+        .message("vllm.cache needs exactly one of persistentVolumeClaim or emptyDirSize")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VllmCache {
+    /// Name of an existing PersistentVolumeClaim in the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    /// Size limit of an emptyDir cache, e.g. `50Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir_size: Option<Quantity>,
+}
+
+fn default_gpu_resource() -> String {
+    DEFAULT_GPU_RESOURCE.to_owned()
+}
