@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{DEFAULT_GPU_RESOURCE, SecretKeyRef, one};
@@ -59,6 +60,53 @@ pub struct VllmSpec {
     /// Priority class of the vLLM pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+    /// Size limit of the memory-backed `/dev/shm` that PyTorch and NCCL use between the
+    /// tensor-parallel processes, e.g. `16Gi`. Unset: no limit of its own (it still counts
+    /// against the container's memory limit, if one is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<Quantity>,
+    /// Timings of the `/health` probes. Unset fields keep the defaults, which give a large model
+    /// an hour to download and load (startup: every 10s, 360 failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<VllmProbes>,
+}
+
+/// Timings of vLLM's startup, readiness and liveness probes. The Deployment's
+/// `progressDeadlineSeconds` follows the startup probe's budget.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VllmProbes {
+    /// Until it succeeds, readiness and liveness wait (defaults: period 10s, 360 failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<ProbeTiming>,
+    /// Whether the pod gets traffic (defaults: period 5s, 3 failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeTiming>,
+    /// When the container is restarted (defaults: period 10s, 3 failures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeTiming>,
+}
+
+/// Timing of one probe; unset fields keep the operator's default.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeTiming {
+    /// Seconds after the container starts before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub period_seconds: Option<i32>,
+    /// Seconds a probe may take (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i32>,
+    /// Consecutive failures that count as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failure_threshold: Option<i32>,
 }
 
 /// The model cache: an existing PersistentVolumeClaim, or an emptyDir of a given size.
