@@ -21,10 +21,10 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Component, child_meta, label_selector, labels};
+use super::{Component, child_meta, label_selector, pod_template_meta, with_pod_settings};
 use crate::crd::{DEFAULT_VLLM_IMAGE, ProbeTiming, VllmSpec};
 use crate::layout::{Names, VLLM_API_KEY_KEY, VLLM_PORT};
 
@@ -231,6 +231,29 @@ pub fn deployment(
         ..Container::default()
     };
 
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: v.node_selector.clone(),
+        tolerations: v.tolerations.clone(),
+        affinity: v.affinity.clone(),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(VLLM_UID),
+            run_as_group: Some(VLLM_UID),
+            // The cache volume (a PVC too) becomes writable for that group.
+            fs_group: Some(VLLM_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    };
+
     Deployment {
         metadata: child_meta(names.vllm(), names, Component::ModelServer, owner),
         spec: Some(DeploymentSpec {
@@ -245,33 +268,13 @@ pub fn deployment(
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(names, Component::ModelServer)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: v.node_selector.clone(),
-                    tolerations: v.tolerations.clone(),
-                    affinity: v.affinity.clone(),
-                    priority_class_name: v.priority_class_name.clone(),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(VLLM_UID),
-                        run_as_group: Some(VLLM_UID),
-                        // The cache volume (a PVC too) becomes writable for that group.
-                        fs_group: Some(VLLM_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
+                metadata: Some(pod_template_meta(
+                    names,
+                    Component::ModelServer,
+                    &v.pod,
+                    BTreeMap::new(),
+                )),
+                spec: Some(with_pod_settings(pod_spec, &v.pod)),
             },
             ..DeploymentSpec::default()
         }),
@@ -557,6 +560,30 @@ spec:
         // A flag that merely starts the same is not the tensor-parallel size.
         let (args, _) = vllm_pod(r#"{model: m, gpus: 2, args: ["--tensor-parallel-size-x=1"]}"#);
         assert!(args.contains(&"--tensor-parallel-size=2".to_owned()));
+    }
+
+    #[test]
+    fn pod_settings_reach_the_vllm_pods() {
+        let (_, spec) = vllm_pod(
+            "{model: m, imagePullSecrets: [regcred], serviceAccountName: vllm, runtimeClassName: nvidia, priorityClassName: gpu, topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule}], podLabels: {team: ml}, podAnnotations: {note: x}}",
+        );
+        let meta = spec.template.metadata.clone().unwrap();
+        let pod_labels = meta.labels.unwrap();
+        assert_eq!(pod_labels["team"], "ml");
+        assert_eq!(pod_labels["app.kubernetes.io/component"], "model-server");
+        assert_eq!(meta.annotations.unwrap()["note"], "x");
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.service_account_name.as_deref(), Some("vllm"));
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("gpu"));
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].when_unsatisfiable,
+            "DoNotSchedule"
+        );
+        // vLLM's default runtime class is the node's.
+        let (_, spec) = vllm_pod("{model: m}");
+        assert!(spec.template.spec.unwrap().runtime_class_name.is_none());
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! crates cannot drift apart.
 
 mod algorithm;
+mod pod;
 mod vllm;
 mod worker;
 
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
+pub use pod::PodSettings;
 pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
 pub use worker::{AutoscalingSpec, WorkerSpec};
 

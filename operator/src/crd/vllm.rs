@@ -8,7 +8,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{DEFAULT_GPU_RESOURCE, SecretKeyRef, one};
+use super::{DEFAULT_GPU_RESOURCE, PodSettings, SecretKeyRef, one};
 
 /// An in-cluster vLLM model server on GPU nodes.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -57,9 +57,10 @@ pub struct VllmSpec {
     /// Where downloaded weights are cached (`HF_HOME`). Unset: an unbounded emptyDir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<VllmCache>,
-    /// Priority class of the vLLM pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority_class_name: Option<String>,
+    /// Pull secrets, service account, runtime class, priority, spreading and extra metadata of
+    /// the vLLM pods.
+    #[serde(flatten)]
+    pub pod: PodSettings,
     /// Size limit of the memory-backed `/dev/shm` that PyTorch and NCCL use between the
     /// tensor-parallel processes, e.g. `16Gi`. Unset: no limit of its own (it still counts
     /// against the container's memory limit, if one is set).

@@ -7,7 +7,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::one;
+use super::{PodSettings, one};
 
 /// The worker Deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -36,9 +36,10 @@ pub struct WorkerSpec {
     /// A HorizontalPodAutoscaler on the worker Deployment (CPU utilization).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
-    /// Extra annotations of the worker pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Pull secrets, service account, runtime class, priority, spreading and extra metadata of
+    /// the worker pods.
+    #[serde(flatten)]
+    pub pod: PodSettings,
 }
 
 impl Default for WorkerSpec {
@@ -51,7 +52,7 @@ impl Default for WorkerSpec {
             tolerations: None,
             affinity: None,
             autoscaling: None,
-            pod_annotations: None,
+            pod: PodSettings::default(),
         }
     }
 }
