@@ -15,13 +15,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, LocalObjectReference, PodSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
 use kube::api::DynamicObject;
 
-use crate::crd::ScalingEndpoint;
+use crate::crd::{PodSettings, ScalingEndpoint};
 use crate::error::{Error, Result};
 use crate::layout::Names;
 use crate::validate::Resolved;
@@ -130,6 +130,40 @@ pub fn child_meta(
         owner_references: Some(vec![owner.clone()]),
         ..ObjectMeta::default()
     }
+}
+
+/// Pod-template metadata: the user's extra labels and annotations, then the operator's own, which
+/// win on a shared key (the reserved label keys are also refused at admission).
+pub fn pod_template_meta(
+    names: &Names,
+    component: Component,
+    settings: &PodSettings,
+    own_annotations: BTreeMap<String, String>,
+) -> ObjectMeta {
+    let mut pod_labels = settings.pod_labels.clone().unwrap_or_default();
+    pod_labels.extend(labels(names, component));
+    let mut annotations = settings.pod_annotations.clone().unwrap_or_default();
+    annotations.extend(own_annotations);
+    ObjectMeta {
+        labels: Some(pod_labels),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Renders the user's pull secrets, identity, runtime, priority and spreading into a pod spec.
+pub fn with_pod_settings(mut pod: PodSpec, settings: &PodSettings) -> PodSpec {
+    pod.image_pull_secrets = settings.image_pull_secrets.as_ref().map(|names| {
+        names
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    });
+    pod.service_account_name = settings.service_account_name.clone();
+    pod.runtime_class_name = settings.runtime_class_name.clone();
+    pod.priority_class_name = settings.priority_class_name.clone();
+    pod.topology_spread_constraints = settings.topology_spread_constraints.clone();
+    pod
 }
 
 /// Everything the operator wants to exist for one endpoint. Optional children that are `None`

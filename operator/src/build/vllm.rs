@@ -21,11 +21,11 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Component, child_meta, label_selector, labels};
-use crate::crd::{DEFAULT_VLLM_IMAGE, VllmSpec};
+use super::{Component, child_meta, label_selector, pod_template_meta, with_pod_settings};
+use crate::crd::{DEFAULT_VLLM_IMAGE, ProbeTiming, VllmSpec};
 use crate::layout::{Names, VLLM_API_KEY_KEY, VLLM_PORT};
 
 /// The writable home directory (an emptyDir): Python, Triton, torch.compile and vLLM keep their
@@ -38,6 +38,15 @@ const VLLM_UID: i64 = 1000;
 /// Environment variable vLLM reads its API key from (the same as `--api-key`, but not visible in
 /// the process list or the pod spec).
 const API_KEY_ENV: &str = "VLLM_API_KEY";
+/// Default probe timings `(period, failures)`. Downloading and loading weights can take long: the
+/// startup probe allows an hour before liveness starts counting.
+const STARTUP_DEFAULT: (i32, i32) = (10, 360);
+const READINESS_DEFAULT: (i32, i32) = (5, 3);
+const LIVENESS_DEFAULT: (i32, i32) = (10, 3);
+const PROBE_TIMEOUT_SECONDS: i32 = 5;
+/// Added to the startup budget for the Deployment's progress deadline: scheduling onto a GPU node
+/// and pulling the (large) vLLM image happen before the startup probe starts counting.
+const PROGRESS_MARGIN_SECONDS: i32 = 600;
 
 /// The Secret holding vLLM's API key. Created once by the operator with a random `key` and never
 /// changed by it (see [`crate::vllm_key`]).
@@ -110,7 +119,13 @@ pub fn deployment(
         "--port".to_owned(),
         VLLM_PORT.to_string(),
     ];
-    args.extend(v.args.iter().flatten().cloned());
+    let user_args = v.args.as_deref().unwrap_or_default();
+    // One vLLM process spans all the pod's GPUs only with tensor parallelism; without the flag it
+    // would use one GPU and leave the others allocated but idle.
+    if v.gpus > 1 && !sets_tensor_parallel(user_args) {
+        args.push(format!("--tensor-parallel-size={}", v.gpus));
+    }
+    args.extend(user_args.iter().cloned());
 
     let mut env = vec![
         plain_env("HOME", HOME),
@@ -175,7 +190,7 @@ pub fn deployment(
             name: "dshm".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
                 medium: Some("Memory".to_owned()),
-                size_limit: None,
+                size_limit: v.shm_size.clone(),
             }),
             ..Volume::default()
         },
@@ -189,17 +204,8 @@ pub fn deployment(
         mount("tmp", "/tmp"),
     ];
 
-    let health = |period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/health".to_owned()),
-            port: IntOrString::String("http".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(5),
-        failure_threshold: Some(failures),
-        ..Probe::default()
-    };
+    let probes = v.probes.clone().unwrap_or_default();
+    let startup = health_probe(probes.startup, STARTUP_DEFAULT);
 
     let container = Container {
         name: "vllm".to_owned(),
@@ -216,15 +222,36 @@ pub fn deployment(
             protocol: Some("TCP".to_owned()),
             ..ContainerPort::default()
         }]),
-        // Downloading and loading weights can take long: the startup probe allows an hour before
-        // liveness starts counting.
-        startup_probe: Some(health(10, 360)),
-        readiness_probe: Some(health(5, 3)),
-        liveness_probe: Some(health(10, 3)),
+        startup_probe: Some(startup.clone()),
+        readiness_probe: Some(health_probe(probes.readiness, READINESS_DEFAULT)),
+        liveness_probe: Some(health_probe(probes.liveness, LIVENESS_DEFAULT)),
         resources: Some(gpu_resources(v)),
         volume_mounts: Some(mounts),
         security_context: Some(restricted_container()),
         ..Container::default()
+    };
+
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: v.node_selector.clone(),
+        tolerations: v.tolerations.clone(),
+        affinity: v.affinity.clone(),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(VLLM_UID),
+            run_as_group: Some(VLLM_UID),
+            // The cache volume (a PVC too) becomes writable for that group.
+            fs_group: Some(VLLM_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
     };
 
     Deployment {
@@ -233,44 +260,64 @@ pub fn deployment(
             replicas: Some(v.replicas),
             selector: label_selector(names, Component::ModelServer),
             revision_history_limit: Some(3),
+            // The default 600s would mark a rollout failed while a large model is still loading.
+            progress_deadline_seconds: Some(progress_deadline_seconds(&startup)),
             // GPUs are scarce: a rolling update would need a second set to surge into.
             strategy: Some(DeploymentStrategy {
                 type_: Some("Recreate".to_owned()),
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(names, Component::ModelServer)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: v.node_selector.clone(),
-                    tolerations: v.tolerations.clone(),
-                    affinity: v.affinity.clone(),
-                    priority_class_name: v.priority_class_name.clone(),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(VLLM_UID),
-                        run_as_group: Some(VLLM_UID),
-                        // The cache volume (a PVC too) becomes writable for that group.
-                        fs_group: Some(VLLM_UID),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
+                metadata: Some(pod_template_meta(
+                    names,
+                    Component::ModelServer,
+                    &v.pod,
+                    BTreeMap::new(),
+                )),
+                spec: Some(with_pod_settings(pod_spec, &v.pod)),
             },
             ..DeploymentSpec::default()
         }),
         status: None,
     }
+}
+
+/// Whether the user's vLLM arguments already choose the tensor-parallel size (`--flag v` or
+/// `--flag=v`, long or short form).
+fn sets_tensor_parallel(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        let flag = a.split_once('=').map_or(a.as_str(), |(flag, _)| flag);
+        flag == "--tensor-parallel-size" || flag == "-tp"
+    })
+}
+
+/// A `/health` probe with the user's timings where set, the defaults `(period, failures)` elsewhere.
+fn health_probe(timing: Option<ProbeTiming>, (period, failures): (i32, i32)) -> Probe {
+    let t = timing.unwrap_or_default();
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/health".to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: t.initial_delay_seconds,
+        period_seconds: Some(t.period_seconds.unwrap_or(period)),
+        timeout_seconds: Some(t.timeout_seconds.unwrap_or(PROBE_TIMEOUT_SECONDS)),
+        failure_threshold: Some(t.failure_threshold.unwrap_or(failures)),
+        ..Probe::default()
+    }
+}
+
+/// The longest a healthy pod may take to become ready: the startup probe's whole budget (initial
+/// delay plus failures x period, each probe also up to its timeout) plus scheduling and image pull.
+fn progress_deadline_seconds(startup: &Probe) -> i32 {
+    let failures = startup.failure_threshold.unwrap_or(3);
+    let per_probe = startup.period_seconds.unwrap_or(10) + startup.timeout_seconds.unwrap_or(1);
+    startup
+        .initial_delay_seconds
+        .unwrap_or(0)
+        .saturating_add(failures.saturating_mul(per_probe))
+        .saturating_add(PROGRESS_MARGIN_SECONDS)
 }
 
 /// The user's resources with `gpus` of the GPU resource added to requests and limits (extended
@@ -470,6 +517,123 @@ spec:
             vol.secret.unwrap().secret_name.as_deref(),
             Some("local-vllm-key")
         );
+    }
+
+    fn vllm_pod(spec_vllm: &str) -> (Vec<String>, DeploymentSpec) {
+        let se = endpoint(&format!(
+            "metadata: {{name: local, namespace: team}}\nspec: {{model: {{name: q}}, algorithm: {{name: self-consistency}}, vllm: {spec_vllm}}}"
+        ));
+        let resolved = validate(&se, &Secrets::new()).unwrap().unwrap();
+        let c = build::build(&se, &resolved, &OperatorDefaults::default()).unwrap();
+        let spec = c.vllm_deployment.unwrap().spec.unwrap();
+        let args = spec.template.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        (args, spec)
+    }
+
+    fn tp_flags(args: &[String]) -> Vec<&String> {
+        args.iter()
+            .filter(|a| a.starts_with("--tensor-parallel-size") || a.starts_with("-tp"))
+            .collect()
+    }
+
+    #[test]
+    fn several_gpus_get_tensor_parallelism_unless_the_user_chose_it() {
+        let (args, _) = vllm_pod("{model: m, gpus: 4}");
+        assert_eq!(tp_flags(&args), ["--tensor-parallel-size=4"]);
+        let (args, _) = vllm_pod("{model: m, gpus: 1}");
+        assert!(tp_flags(&args).is_empty(), "{args:?}");
+        // The user's choice wins in every spelling, and is not doubled.
+        for user in [
+            r#"["--tensor-parallel-size", "2"]"#,
+            r#"["--tensor-parallel-size=2"]"#,
+            r#"["-tp", "2"]"#,
+            r#"["-tp=2"]"#,
+        ] {
+            let (args, _) = vllm_pod(&format!("{{model: m, gpus: 4, args: {user}}}"));
+            let flags = tp_flags(&args);
+            assert_eq!(flags.len(), 1, "{user}: {args:?}");
+            assert!(!flags[0].ends_with('4'), "{user}: {args:?}");
+        }
+        // A flag that merely starts the same is not the tensor-parallel size.
+        let (args, _) = vllm_pod(r#"{model: m, gpus: 2, args: ["--tensor-parallel-size-x=1"]}"#);
+        assert!(args.contains(&"--tensor-parallel-size=2".to_owned()));
+    }
+
+    #[test]
+    fn pod_settings_reach_the_vllm_pods() {
+        let (_, spec) = vllm_pod(
+            "{model: m, imagePullSecrets: [regcred], serviceAccountName: vllm, runtimeClassName: nvidia, priorityClassName: gpu, topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule}], podLabels: {team: ml}, podAnnotations: {note: x}}",
+        );
+        let meta = spec.template.metadata.clone().unwrap();
+        let pod_labels = meta.labels.unwrap();
+        assert_eq!(pod_labels["team"], "ml");
+        assert_eq!(pod_labels["app.kubernetes.io/component"], "model-server");
+        assert_eq!(meta.annotations.unwrap()["note"], "x");
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "regcred");
+        assert_eq!(pod.service_account_name.as_deref(), Some("vllm"));
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("gpu"));
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].when_unsatisfiable,
+            "DoNotSchedule"
+        );
+        // vLLM's default runtime class is the node's.
+        let (_, spec) = vllm_pod("{model: m}");
+        assert!(spec.template.spec.unwrap().runtime_class_name.is_none());
+    }
+
+    #[test]
+    fn shm_size_limits_the_memory_volume() {
+        let shm = |spec: &DeploymentSpec| {
+            let pod = spec.template.spec.as_ref().unwrap();
+            let vol = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "dshm")
+                .unwrap();
+            vol.empty_dir.as_ref().unwrap().size_limit.clone()
+        };
+        let (_, spec) = vllm_pod("{model: m, shmSize: 16Gi}");
+        assert_eq!(shm(&spec), Some(Quantity("16Gi".to_owned())));
+        let (_, spec) = vllm_pod("{model: m}");
+        assert_eq!(shm(&spec), None);
+    }
+
+    #[test]
+    fn progress_deadline_covers_the_startup_budget() {
+        // Defaults: 360 x (10s + 5s timeout) = 5400s, plus the margin for scheduling and pull.
+        let (_, spec) = vllm_pod("{model: m}");
+        let ctr = &spec.template.spec.as_ref().unwrap().containers[0];
+        let startup = ctr.startup_probe.clone().unwrap();
+        assert_eq!(
+            (startup.period_seconds, startup.failure_threshold),
+            (Some(10), Some(360))
+        );
+        assert_eq!(spec.progress_deadline_seconds, Some(5400 + 600));
+        // Overridden probes move the deadline with them; unset fields keep their defaults.
+        let (_, spec) = vllm_pod(
+            "{model: m, probes: {startup: {initialDelaySeconds: 60, periodSeconds: 30, failureThreshold: 240}, liveness: {timeoutSeconds: 20}}}",
+        );
+        let ctr = &spec.template.spec.as_ref().unwrap().containers[0];
+        let startup = ctr.startup_probe.clone().unwrap();
+        assert_eq!(startup.initial_delay_seconds, Some(60));
+        assert_eq!(spec.progress_deadline_seconds, Some(60 + 240 * 35 + 600));
+        let liveness = ctr.liveness_probe.clone().unwrap();
+        assert_eq!(
+            (
+                liveness.timeout_seconds,
+                liveness.period_seconds,
+                liveness.failure_threshold
+            ),
+            (Some(20), Some(10), Some(3))
+        );
+        let readiness = ctr.readiness_probe.clone().unwrap();
+        assert_eq!(readiness.period_seconds, Some(5));
     }
 
     #[test]

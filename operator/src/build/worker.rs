@@ -12,12 +12,12 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
     CONFIG_HASH_ANNOTATION, Component, OperatorDefaults, child_meta, config_map, label_selector,
-    labels,
+    pod_template_meta, with_pod_settings,
 };
 use crate::crd::ScalingEndpointSpec;
 use crate::digest;
@@ -36,11 +36,10 @@ pub fn build(
     defaults: &OperatorDefaults,
 ) -> Deployment {
     let w = &spec.worker;
-    let mut annotations = w.pod_annotations.clone().unwrap_or_default();
-    annotations.insert(
+    let own_annotations = BTreeMap::from([(
         CONFIG_HASH_ANNOTATION.to_owned(),
         resolved.config_hash.clone(),
-    );
+    )]);
 
     let mut volumes = vec![
         Volume {
@@ -159,33 +158,37 @@ pub fn build(
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(names, Component::Worker)),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    volumes: Some(volumes),
-                    node_selector: w.node_selector.clone(),
-                    tolerations: w.tolerations.clone(),
-                    affinity: w.affinity.clone(),
-                    // Workers never call the Kubernetes API.
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(NONROOT),
-                        run_as_group: Some(NONROOT),
-                        fs_group: Some(NONROOT),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
+                metadata: Some(pod_template_meta(
+                    names,
+                    Component::Worker,
+                    &w.pod,
+                    own_annotations,
+                )),
+                spec: Some(with_pod_settings(
+                    PodSpec {
+                        containers: vec![container],
+                        volumes: Some(volumes),
+                        node_selector: w.node_selector.clone(),
+                        tolerations: w.tolerations.clone(),
+                        affinity: w.affinity.clone(),
+                        // Workers never call the Kubernetes API.
+                        automount_service_account_token: Some(false),
+                        enable_service_links: Some(false),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(NONROOT),
+                            run_as_group: Some(NONROOT),
+                            fs_group: Some(NONROOT),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".to_owned(),
+                                localhost_profile: None,
+                            }),
+                            ..PodSecurityContext::default()
                         }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
+                        ..PodSpec::default()
+                    },
+                    &w.pod,
+                )),
             },
             ..DeploymentSpec::default()
         }),
@@ -247,6 +250,66 @@ spec:
   worker: {replicas: 3, podAnnotations: {team: search}}
   service: {port: 9000}
 "#;
+
+    #[test]
+    fn pod_settings_reach_the_worker_pods_and_never_override_the_operator() {
+        let c = children(
+            r#"
+metadata: {name: sc, namespace: team}
+spec:
+  model: {name: m}
+  algorithm: {name: self-consistency}
+  worker:
+    imagePullSecrets: [regcred, mirror]
+    serviceAccountName: workers
+    runtimeClassName: gvisor
+    priorityClassName: high
+    topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway}
+    podLabels: {team: search}
+    podAnnotations: {team: search, inferscale.dev/config-hash: forged}
+"#,
+            &Secrets::new(),
+        );
+        let tpl = c.worker_deployment.spec.unwrap().template;
+        let meta = tpl.metadata.unwrap();
+        let pod_labels = meta.labels.unwrap();
+        assert_eq!(pod_labels["team"], "search");
+        // The operator's selector labels are all still there.
+        let names = Names::of(&endpoint("metadata: {name: sc, namespace: team}\nspec: {model: {name: m}, algorithm: {name: self-consistency}}")).unwrap();
+        for (k, v) in build::selector_labels(&names, Component::Worker) {
+            assert_eq!(pod_labels[&k], v);
+        }
+        let ann = meta.annotations.unwrap();
+        assert_eq!(ann["team"], "search");
+        // The config hash is the operator's: a forged one would stop config rolls.
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION].len(), 64);
+        let pod = tpl.spec.unwrap();
+        let pulls: Vec<_> = pod
+            .image_pull_secrets
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(pulls, ["regcred", "mirror"]);
+        assert_eq!(pod.service_account_name.as_deref(), Some("workers"));
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("gvisor"));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+        // A service account does not bring the API token: workers never call the API.
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn worker_pods_without_settings_keep_the_cluster_defaults() {
+        let c = children(SPEC, &Secrets::from([secret("openai", "api-key")]));
+        let pod = c.worker_deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.image_pull_secrets.is_none());
+        assert!(pod.service_account_name.is_none());
+        assert!(pod.runtime_class_name.is_none());
+        assert!(pod.topology_spread_constraints.is_none());
+    }
 
     #[test]
     fn worker_deployment_follows_the_contract() {

@@ -6,14 +6,17 @@
 //! worker also understands (algorithm, tool vote, judge mode) are the worker's own types, so the two
 //! crates cannot drift apart.
 
-use std::collections::BTreeMap;
+mod algorithm;
+mod pod;
+mod vllm;
+mod worker;
 
-use inferscale_worker::config::{
-    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ProviderKind,
-    ToolVote,
-};
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
+pub use pod::PodSettings;
+pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
+pub use worker::{AutoscalingSpec, WorkerSpec};
+
+use inferscale_worker::config::ProviderKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -180,275 +183,12 @@ pub struct AwsCredentialsRef {
     pub session_token_key: Option<String>,
 }
 
-fn default_max_budget() -> Option<i32> {
-    i32::try_from(DEFAULT_MAX_BUDGET).ok()
-}
-
 fn default_access_key_id_key() -> String {
     "AWS_ACCESS_KEY_ID".to_owned()
 }
 
 fn default_secret_access_key_key() -> String {
     "AWS_SECRET_ACCESS_KEY".to_owned()
-}
-
-/// The algorithm that spends the budget, and its settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(
-    validation = Rule::new("self.name == 'self-consistency' || (!has(self.toolVote) && !has(self.excludeArgs) && !has(self.regexPatterns))")
-        .message("toolVote, excludeArgs and regexPatterns are only valid with algorithm self-consistency")
-)]
-#[x_kube(
-    validation = Rule::new(format!("(!has(self.defaultBudget) || self.defaultBudget >= 1) && (!has(self.maxBudget) || (self.maxBudget >= 1 && self.maxBudget <= {MAX_BUDGET_LIMIT})) && (!has(self.defaultBudget) || self.defaultBudget <= (has(self.maxBudget) ? self.maxBudget : {MAX_BUDGET_LIMIT}))"))
-        .message(kube::core::Message::Message(format!("budgets must satisfy 1 <= defaultBudget <= maxBudget <= {MAX_BUDGET_LIMIT}")))
-)]
-#[x_kube(
-    validation = Rule::new("self.name == 'self-consistency' || !has(self.adaptive)")
-        .message("adaptive is only valid with algorithm self-consistency")
-)]
-#[x_kube(
-    validation = Rule::new(format!("!has(self.adaptive) || !has(self.adaptive.minSamples) || self.adaptive.minSamples <= (has(self.maxBudget) ? self.maxBudget : {DEFAULT_MAX_BUDGET})"))
-        .message("adaptive.minSamples must not exceed maxBudget")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct AlgorithmSpec {
-    /// `self-consistency` (majority vote over answers or tool calls) or `best-of-n` (an LLM judge
-    /// picks the best candidate).
-    pub name: AlgorithmName,
-    /// How tool-call candidates are voted on (self-consistency only): `tool_name`, `tool_args`,
-    /// `tool_hierarchical` or `tool_flat_all`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_vote: Option<ToolVote>,
-    /// Tool argument names ignored when voting, e.g. timestamps or request ids
-    /// (self-consistency only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exclude_args: Option<Vec<String>>,
-    /// Regular expressions whose first match (group 1 if present) is what text answers are voted
-    /// on (self-consistency only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex_patterns: Option<Vec<String>>,
-    /// Candidates per request when the request does not say (1 to maxBudget).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_budget: Option<i32>,
-    /// Largest budget a request may ask for (1 to 1000, default 16: each unit is one paid
-    /// upstream call).
-    #[serde(
-        default = "default_max_budget",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_budget: Option<i32>,
-    /// Adaptive self-consistency: calls run in a rolling window and sampling stops once a
-    /// statistical rule is confident in the current leader (maxBudget stays the most calls).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adaptive: Option<AdaptiveSpec>,
-    /// Which parts of the algorithm a request may override with its `algorithm` field:
-    /// `name`, `toolVote`, `adaptive` (default: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_override: Option<Vec<RequestOverrideKey>>,
-}
-
-/// Adaptive self-consistency settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(
-    validation = Rule::new("!has(self.threshold) || (self.threshold > 0.0 && self.threshold <= 1.0)")
-        .message("adaptive.threshold must be above 0 and at most 1")
-)]
-#[x_kube(
-    validation = Rule::new("!has(self.parallelism) || self.parallelism >= 1")
-        .message("adaptive.parallelism must be at least 1")
-)]
-#[x_kube(
-    validation = Rule::new("!has(self.minSamples) || self.minSamples >= 1")
-        .message("adaptive.minSamples must be at least 1")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct AdaptiveSpec {
-    /// `beta` (Beta posterior, threshold 0.95 by default), `dirichlet` (Dirichlet posterior,
-    /// 0.95) or `its_hub` (leader's share after 2, 4, 8, … samples, 0.75).
-    pub rule: AdaptiveRuleName,
-    /// Confidence at which sampling stops, in (0, 1].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
-    /// Successful samples before the rule is consulted (default 2, at most maxBudget).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_samples: Option<i32>,
-    /// Calls in flight at once (default the smaller of the budget and 4).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<i32>,
-}
-
-/// A part of the algorithm a request may override.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum RequestOverrideKey {
-    Name,
-    ToolVote,
-    Adaptive,
-}
-
-/// The LLM judge of best-of-n: a model block like `spec.model`, plus how it judges.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JudgeSpec {
-    #[serde(flatten)]
-    pub model: ModelSpec,
-    /// `pointwise` (one call per distinct candidate, scored 0-10) or `groupwise` (one call that
-    /// sees all candidates and selects the best).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<JudgeMode>,
-    /// `overall_quality`, `multi_step_tool_judge`, or free text describing a good answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub criterion: Option<String>,
-    /// Sampling temperature of judge calls (0 to 2, default 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f64>,
-    /// Maximum tokens of a judge reply (default 4096).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub max_tokens: Option<i32>,
-    /// How many candidates a groupwise judge selects (the first selected wins).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub top_n: Option<i32>,
-}
-
-/// An in-cluster vLLM model server on GPU nodes.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(
-    validation = Rule::new("self.gpus >= 1")
-        .message("vllm.gpus must be at least 1")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct VllmSpec {
-    /// Hugging Face model id to serve, e.g. `Qwen/Qwen2.5-7B-Instruct`.
-    pub model: String,
-    /// vLLM image (default `vllm/vllm-openai:v0.11.0`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Number of vLLM pods.
-    #[serde(default = "one")]
-    #[schemars(range(min = 0))]
-    pub replicas: i32,
-    /// GPUs per vLLM pod (requests and limits of `gpuResourceName`). At least 1.
-    #[serde(default = "one")]
-    pub gpus: i32,
-    /// Extended resource name of the GPUs.
-    #[serde(default = "default_gpu_resource")]
-    pub gpu_resource_name: String,
-    /// Node labels the vLLM pods require, e.g. `nvidia.com/gpu.product: NVIDIA-L4`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_selector: Option<BTreeMap<String, String>>,
-    /// Tolerations of the vLLM pods, e.g. for tainted GPU nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerations: Option<Vec<Toleration>>,
-    /// Affinity of the vLLM pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
-    /// CPU and memory of the vLLM container; the GPU request is added from `gpus`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
-    /// Extra `vllm serve` arguments, e.g. `["--max-model-len", "8192"]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    /// Extra environment variables of the vLLM container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<EnvVar>>,
-    /// The Secret key holding a Hugging Face token (gated models); passed as `HF_TOKEN`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hf_token_secret_ref: Option<SecretKeyRef>,
-    /// Where downloaded weights are cached (`HF_HOME`). Unset: an unbounded emptyDir.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache: Option<VllmCache>,
-    /// Priority class of the vLLM pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority_class_name: Option<String>,
-}
-
-/// The model cache: an existing PersistentVolumeClaim, or an emptyDir of a given size.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(
-    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.emptyDirSize)")
-        .message("vllm.cache needs exactly one of persistentVolumeClaim or emptyDirSize")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct VllmCache {
-    /// Name of an existing PersistentVolumeClaim in the namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub persistent_volume_claim: Option<String>,
-    /// Size limit of an emptyDir cache, e.g. `50Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub empty_dir_size: Option<Quantity>,
-}
-
-/// The worker Deployment.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerSpec {
-    /// Number of workers; also the ScalingEndpoint's scale subresource
-    /// (`kubectl scale se/<name> --replicas=N`). Ignored while `autoscaling` is set.
-    #[serde(default = "one")]
-    #[schemars(range(min = 0))]
-    pub replicas: i32,
-    /// Worker image (default: the operator's `--worker-image`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// Worker container resources (default requests: 100m CPU, 128Mi memory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
-    /// Node labels the worker pods require.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_selector: Option<BTreeMap<String, String>>,
-    /// Tolerations of the worker pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tolerations: Option<Vec<Toleration>>,
-    /// Affinity of the worker pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub affinity: Option<Affinity>,
-    /// A HorizontalPodAutoscaler on the worker Deployment (CPU utilization).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<AutoscalingSpec>,
-    /// Extra annotations of the worker pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_annotations: Option<BTreeMap<String, String>>,
-}
-
-impl Default for WorkerSpec {
-    fn default() -> Self {
-        Self {
-            replicas: 1,
-            image: None,
-            resources: None,
-            node_selector: None,
-            tolerations: None,
-            affinity: None,
-            autoscaling: None,
-            pod_annotations: None,
-        }
-    }
-}
-
-/// CPU-based autoscaling of the workers.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[x_kube(
-    validation = Rule::new("self.minReplicas <= self.maxReplicas")
-        .message("worker.autoscaling.minReplicas must not exceed maxReplicas")
-)]
-#[serde(rename_all = "camelCase")]
-pub struct AutoscalingSpec {
-    /// Fewest workers.
-    #[serde(default = "one")]
-    #[schemars(range(min = 1))]
-    pub min_replicas: i32,
-    /// Most workers.
-    #[schemars(range(min = 1))]
-    pub max_replicas: i32,
-    /// Target average CPU utilization, percent of the CPU request.
-    #[serde(
-        default = "default_cpu_target",
-        rename = "targetCPUUtilizationPercentage"
-    )]
-    #[schemars(range(min = 1, max = 100))]
-    pub target_cpu_utilization_percentage: i32,
 }
 
 /// The workers' Service.
@@ -574,14 +314,6 @@ fn default_port() -> i32 {
     DEFAULT_SERVICE_PORT
 }
 
-fn default_gpu_resource() -> String {
-    DEFAULT_GPU_RESOURCE.to_owned()
-}
-
-fn default_cpu_target() -> i32 {
-    80
-}
-
 impl ScalingEndpoint {
     /// The condition of the given type, if the status has it.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
@@ -601,7 +333,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     unwrap_descriptions(&mut crd);
     let body = serde_yaml::to_string(&crd)?;
     Ok(format!(
-        "# Generated by `inferscale-operator crd` from operator/src/crd.rs. Do not edit.\n{body}"
+        "# Generated by `inferscale-operator crd` from operator/src/crd/. Do not edit.\n{body}"
     ))
 }
 
@@ -648,7 +380,7 @@ mod tests {
         let generated = crd_yaml().unwrap();
         assert!(
             committed == generated,
-            "crds/scalingendpoints.inferscale.dev.yaml is out of date with operator/src/crd.rs; regenerate it with:\n  cargo run -p inferscale-operator -- crd > crds/scalingendpoints.inferscale.dev.yaml"
+            "crds/scalingendpoints.inferscale.dev.yaml is out of date with operator/src/crd/; regenerate it with:\n  cargo run -p inferscale-operator -- crd > crds/scalingendpoints.inferscale.dev.yaml"
         );
     }
 
@@ -660,7 +392,10 @@ mod tests {
         .unwrap();
         assert_eq!(se.spec.worker.replicas, 1);
         assert_eq!(se.spec.service.port, 8108);
-        assert_eq!(se.spec.algorithm.name, AlgorithmName::BestOfN);
+        assert_eq!(
+            se.spec.algorithm.name,
+            inferscale_worker::config::AlgorithmName::BestOfN
+        );
     }
 
     #[test]

@@ -1,0 +1,86 @@
+//! The worker Deployment (`spec.worker`) and its autoscaling.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{PodSettings, one};
+
+/// The worker Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Number of workers; also the ScalingEndpoint's scale subresource
+    /// (`kubectl scale se/<name> --replicas=N`). Ignored while `autoscaling` is set.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Worker image (default: the operator's `--worker-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Worker container resources (default requests: 100m CPU, 128Mi memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the worker pods require.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// A HorizontalPodAutoscaler on the worker Deployment (CPU utilization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Pull secrets, service account, runtime class, priority, spreading and extra metadata of
+    /// the worker pods.
+    #[serde(flatten)]
+    pub pod: PodSettings,
+}
+
+impl Default for WorkerSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            image: None,
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            autoscaling: None,
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// CPU-based autoscaling of the workers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("self.minReplicas <= self.maxReplicas")
+        .message("worker.autoscaling.minReplicas must not exceed maxReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest workers.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most workers.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, percent of the CPU request.
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    80
+}
