@@ -12,7 +12,8 @@
 # printed at the end.
 # Env: BASE (commit, default: merge-base of HEAD and main), RUNS (default 3), DURATION (s, default
 #      10), WARMUP (s, default 2), SCENARIOS (space-separated subset of the names above),
-#      SKIP_BASE_BUILD=1 with BASE_BIN=<path> to reuse a base worker binary.
+#      SKIP_BASE_BUILD=1 with BASE_BIN=<path> to reuse a base worker binary, NEW_BIN=<path> to
+#      compare a prebuilt worker instead of the working tree's (e.g. one allocator against another).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -47,8 +48,13 @@ else
   git worktree remove --force "$BASE_TREE"
   BASE_TREE=""
 fi
-cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
-cp "$BIN/inferscale-worker" "$WORK/worker-new"
+if [[ -n ${NEW_BIN:-} ]]; then
+  cargo build --release --locked -p mock-llm -p loadgen >&2
+  cp "$NEW_BIN" "$WORK/worker-new"
+else
+  cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
+  cp "$BIN/inferscale-worker" "$WORK/worker-new"
+fi
 echo "base: $(git rev-parse --short "$BASE")  new: working tree of $(git rev-parse --short HEAD)" >&2
 
 # --- helpers ------------------------------------------------------------------------------
