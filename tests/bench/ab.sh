@@ -55,7 +55,8 @@ else
   cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
   cp "$BIN/inferscale-worker" "$WORK/worker-new"
 fi
-echo "base: $(git rev-parse --short "$BASE")  new: working tree of $(git rev-parse --short HEAD)" >&2
+if [[ ${SKIP_BASE_BUILD:-0} == 1 ]]; then base_label=$BASE_BIN; else base_label=$(git rev-parse --short "$BASE"); fi
+echo "base: $base_label  new: ${NEW_BIN:-working tree of $(git rev-parse --short HEAD)}" >&2
 
 # --- helpers ------------------------------------------------------------------------------
 # Start a process and wait (bounded) for its "listening on" line; sets URL and PID.
