@@ -3,12 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use inferscale_worker::server::{Cli, init_logging, serve, shutdown_signal};
 
-// Each request fans out into N upstream calls whose bodies, headers and JSON trees are small,
-// short-lived and freed on other threads; glibc malloc spent ~18% of the worker's CPU on them
-// (issue 14). Measured with tests/bench/ab.sh, see BENCHMARKS.md.
-#[global_allocator]
-static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let startup = match Cli::parse().startup() {
         Ok(s) => s,
