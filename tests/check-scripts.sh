@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/check-scripts.sh — conventions of the project's shell scripts that shellcheck does not know.
 #
-# Under `set -o pipefail`, `cmd | grep -q PATTERN` fails at random: grep exits at its first match,
-# cmd dies of SIGPIPE (exit 141) writing its next line, and pipefail turns that into a failure
+# Under `set -o pipefail`, piping a command into `grep -q PATTERN` fails at random: grep exits at
+# its first match, the command dies of SIGPIPE (exit 141) writing its next line, and pipefail turns
+# that into a failure
 # (`set -e` then ends the script silently). Readers that stop early (grep -q/--quiet/-m, head)
 # must not end a pipeline whose status is checked; use `grep PATTERN >/dev/null`, which reads all.
 set -euo pipefail
@@ -15,7 +16,7 @@ while IFS= read -r f; do
   # (comment lines, like the ones above, are not code)
   if hits=$(grep -nE '\|[[:space:]]*grep[[:space:]]+(-[A-Za-z]*q[A-Za-z]*|--quiet)([[:space:]]|$)' "$f" \
               | grep -vE '^[0-9]+:[[:space:]]*#'); then
-    printf '%s: `| grep -q` under pipefail (use `grep ... >/dev/null`):\n%s\n' "$f" "$hits" >&2
+    printf '%s: a pipe into grep -q under pipefail (use `grep ... >/dev/null`):\n%s\n' "$f" "$hits" >&2
     bad=1
   fi
 done < <(git ls-files '*.sh' '.ci/run' 'tests/run.sh')

@@ -105,8 +105,8 @@ done > "$TMP/out/share/kwok-stages.yaml"
 
 # --- sanity + publish atomically -------------------------------------------------------------
 B=$TMP/out/bin
-# Each check captures the whole output first: `cmd | grep -q` under pipefail fails at random when
-# grep exits at its first match and cmd dies of SIGPIPE writing its next line.
+# Each check captures the whole output first: piping cmd into a quiet grep (-q) under pipefail
+# fails at random when grep exits at its first match and cmd dies of SIGPIPE writing its next line.
 check_version() { # check_version WHAT EXPECTED CMD...
   local what=$1 want=$2 got; shift 2
   got=$("$@" 2>&1) || { log "FAILED: $what: '$*' exited $? (build kept in $TMP)"; trap - EXIT; exit 1; }
