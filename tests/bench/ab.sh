@@ -58,21 +58,8 @@ fi
 if [[ ${SKIP_BASE_BUILD:-0} == 1 ]]; then base_label=$BASE_BIN; else base_label=$(git rev-parse --short "$BASE"); fi
 echo "base: $base_label  new: ${NEW_BIN:-working tree of $(git rev-parse --short HEAD)}" >&2
 
-# --- helpers ------------------------------------------------------------------------------
-# Start a process and wait (bounded) for its "listening on" line; sets URL and PID.
-start() { # start NAME CMD...
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  local pid=$! url=""
-  for _ in $(seq 1 300); do
-    url=$(grep -o 'http://[0-9.:]*' "$WORK/$name.out" | head -1 || true)
-    [[ -n $url ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
-    sleep 0.1   # polling the output file for the address, bounded by the loop
-  done
-  [[ -n $url ]] || { echo "$name did not start" >&2; exit 1; }
-  URL=$url; PID=$pid
-}
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$ROOT/tests/bench/lib.sh"   # start NAME CMD... (sets URL, PID)
 
 # utime+stime of a process in clock ticks (fields 14 and 15 of /proc/<pid>/stat; the command
 # name in field 2 has no spaces for these binaries).

@@ -16,20 +16,8 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# Start a process and wait (bounded) for its "listening on" line.
-start() { # start NAME CMD... -> sets URL
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  local pid=$! url=""
-  for _ in $(seq 1 300); do
-    url=$(grep -o 'http://[0-9.:]*' "$WORK/$name.out" | head -1 || true)
-    [[ -n $url ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
-    sleep 0.1   # polling the output file for the address, bounded by the loop
-  done
-  [[ -n $url ]] || { echo "$name did not start" >&2; exit 1; }
-  URL=$url
-}
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$ROOT/tests/bench/lib.sh"   # start NAME CMD... (sets URL, PID)
 
 start mock "$BIN/mock-llm" --port 0 --seed 11
 MOCK_URL=$URL

@@ -17,20 +17,8 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 DURATION=${DURATION:-10} LIMIT=${LIMIT:-16} BUDGET=${BUDGET:-4}
 
-# Start a process and wait (bounded) for its "listening on" line.
-start() { # start NAME CMD... -> sets URL and PID of the started process
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  local pid=$! url=""
-  for _ in $(seq 1 300); do
-    url=$(grep -o 'http://[0-9.:]*' "$WORK/$name.out" | head -1 || true)
-    [[ -n $url ]] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
-    sleep 0.1   # polling the output file for the address, bounded by the loop
-  done
-  [[ -n $url ]] || { echo "$name did not start" >&2; exit 1; }
-  URL=$url; PID=$pid
-}
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$ROOT/tests/bench/lib.sh"   # start NAME CMD... (sets URL, PID)
 
 echo "latency: {fixed_ms: ${LATENCY_MS:-50}}" > "$WORK/scenario.yaml"
 start mock "$BIN/mock-llm" --port 0 --scenario "$WORK/scenario.yaml"
