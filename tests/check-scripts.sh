@@ -16,7 +16,7 @@ while IFS= read -r f; do
   # (comment lines, like the ones above, are not code)
   if hits=$(grep -nE '\|[[:space:]]*grep[[:space:]]+(-[A-Za-z]*q[A-Za-z]*|--quiet)([[:space:]]|$)' "$f" \
               | grep -vE '^[0-9]+:[[:space:]]*#'); then
-    printf '%s: a pipe into grep -q under pipefail (use `grep ... >/dev/null`):\n%s\n' "$f" "$hits" >&2
+    printf '%s: a pipe into grep -q under pipefail (use grep ... >/dev/null, which reads all input):\n%s\n' "$f" "$hits" >&2
     bad=1
   fi
 done < <(git ls-files '*.sh' '.ci/run' 'tests/run.sh')

@@ -90,9 +90,10 @@ fi
 check "hadolint (worker, operator, mock-llm Dockerfiles)" "$HL_VENV/bin/hadolint" worker/Dockerfile operator/Dockerfile tests/mock-llm/Dockerfile
 
 if command -v shellcheck >/dev/null; then
-  check "shellcheck (deploy/generate.sh, tests/e2e, tests/kind, tests/k8s-suite.sh)" \
-    shellcheck deploy/generate.sh tests/e2e/static-checks.sh tests/kind/run.sh tests/k8s-suite.sh \
-      tests/run.sh tests/bench/worker.sh deploy/demo/run.sh .ci/run
+  # -x follows `source`d files (tests/bench/lib.sh) instead of refusing them.
+  check "shellcheck (deploy/, tests/e2e, tests/kind, tests/bench, the suite's scripts)" \
+    shellcheck -x deploy/generate.sh tests/e2e/static-checks.sh tests/kind/run.sh tests/k8s-suite.sh \
+      tests/run.sh tests/check-scripts.sh tests/bench/*.sh deploy/demo/run.sh .ci/run
 else
   echo "SKIP shellcheck (not installed)"
 fi
