@@ -106,6 +106,7 @@ pub fn parse_converse_request(body: &Value) -> Result<ConverseRequest, String> {
             first_tool,
             has_tools: tools.is_some_and(|t| !t.is_empty()),
             after_tool_result,
+            answer_stream: None,
         },
     })
 }

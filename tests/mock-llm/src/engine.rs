@@ -34,6 +34,9 @@ pub struct Conversation {
     /// The last message carries a tool result: a real model now answers in
     /// text, so `answers` is used even when tools are declared.
     pub after_tool_result: bool,
+    /// The request's `user` field: with `answer_draw: hashed`, requests with the same value draw
+    /// from their own reproducible answer sequence.
+    pub answer_stream: Option<String>,
 }
 
 /// Tokens for a text of `chars` characters: ceil(chars / 4), at least 1.
@@ -72,6 +75,40 @@ pub struct ResolvedToolCall {
     pub name: String,
     /// JSON text as sent on the wire (OpenAI `arguments` string).
     pub arguments: String,
+}
+
+/// `n` answers for the requests of one answer stream (`answer_draw: hashed`): the `k`-th answer
+/// of a stream is a pseudo-random pick (independent draws with the list's multiplicities) that
+/// depends only on the simulator's seed, the stream's name and `k`. Replaying a stream after a
+/// reset therefore yields the same answers, whatever else the simulator served in between.
+pub fn select_hashed(
+    scenario: &Scenario,
+    conv: &Conversation,
+    seed: u64,
+    stream: &str,
+    first_draw: u64,
+    n: usize,
+) -> Vec<Answer> {
+    let list = match &scenario.tool_answers {
+        Some(tools) if conv.has_tools && !conv.after_tool_result => tools,
+        _ => &scenario.answers,
+    };
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let stream_hash = fnv1a(stream.as_bytes());
+    (0..n as u64)
+        .map(|i| {
+            let mut rng = Rng::new(seed ^ stream_hash ^ (first_draw + i).wrapping_mul(0x9E37_79B9));
+            list[(rng.next_u64() % list.len() as u64) as usize].clone()
+        })
+        .collect()
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// An answer made concrete for one request.
@@ -234,6 +271,7 @@ mod tests {
             first_tool: has_tools.then(|| "calculator".to_string()),
             has_tools,
             after_tool_result,
+            answer_stream: None,
         }
     }
 
@@ -274,6 +312,26 @@ mod tests {
         assert_eq!(three[2].content.as_deref(), Some("The answer is 248327."));
         assert_eq!(a.load(Ordering::SeqCst), 7);
         assert_eq!(t.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn hashed_streams_replay_and_follow_multiplicities() {
+        let s = Scenario::parse("answers: [{content: A}, {content: A}, {content: A}, {content: B}]")
+            .unwrap();
+        let c = conv(false, false);
+        let texts = |v: Vec<Answer>| v.into_iter().map(|a| a.content.unwrap()).collect::<Vec<_>>();
+        // Drawing 16 at once equals drawing 4 then 12 (the position, not the batch, decides).
+        let whole = texts(select_hashed(&s, &c, 7, "q1", 0, 16));
+        let mut split = texts(select_hashed(&s, &c, 7, "q1", 0, 4));
+        split.extend(texts(select_hashed(&s, &c, 7, "q1", 4, 12)));
+        assert_eq!(whole, split);
+        // Another stream or seed gives another sequence.
+        assert_ne!(whole, texts(select_hashed(&s, &c, 7, "q2", 0, 16)));
+        assert_ne!(whole, texts(select_hashed(&s, &c, 8, "q1", 0, 16)));
+        // Independent draws follow the list's multiplicities (3/4 "A").
+        let many = texts(select_hashed(&s, &c, 7, "q1", 0, 4000));
+        let share = many.iter().filter(|t| *t == "A").count() as f64 / 4000.0;
+        assert!((0.72..0.78).contains(&share), "share of A {share}");
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn parse_chat_request(body: &Value) -> Result<ChatRequest, String> {
             first_tool,
             has_tools: tools.is_some_and(|t| !t.is_empty()),
             after_tool_result,
+            answer_stream: obj.get("user").and_then(Value::as_str).map(str::to_string),
         },
         n,
         stream,

@@ -22,6 +22,21 @@ pub struct Scenario {
     pub aws: Option<AwsCredentials>,
     pub stream: StreamConfig,
     pub models: Vec<String>,
+    pub answer_draw: AnswerDraw,
+}
+
+/// How a request's answers are chosen from `answers` / `tool_answers`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerDraw {
+    /// One shared cursor walks the list in arrival order (the default).
+    #[default]
+    Cycle,
+    /// Requests carrying a `user` field draw independently, with the list's multiplicities, from a
+    /// sequence of their own that depends only on `--seed`, the `user` value and the draw's
+    /// position in that sequence (reset by `POST /_mock/reset`). A benchmark can so replay the
+    /// same question with a larger budget. Requests without `user` use the cycle.
+    Hashed,
 }
 
 /// On-disk / wire form: everything optional, unknown fields rejected.
@@ -44,6 +59,8 @@ pub struct ScenarioFile {
     stream: Option<StreamConfig>,
     #[serde(default)]
     models: Option<Vec<String>>,
+    #[serde(default)]
+    answer_draw: AnswerDraw,
 }
 
 impl TryFrom<ScenarioFile> for Scenario {
@@ -68,6 +85,7 @@ impl TryFrom<ScenarioFile> for Scenario {
             aws: f.aws,
             stream: f.stream.unwrap_or(d.stream),
             models: f.models.unwrap_or(d.models),
+            answer_draw: f.answer_draw,
         };
         s.validate()?;
         Ok(s)
@@ -148,6 +166,7 @@ impl Default for Scenario {
             aws: None,
             stream: StreamConfig::default(),
             models: vec!["mock-model".to_string()],
+            answer_draw: AnswerDraw::Cycle,
         }
     }
 }

@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 use crate::converse;
 use crate::engine::{
     Conversation, FaultAction, FaultOutcome, Resolved, evaluate_faults, prompt_tokens, resolve,
-    sample_latency_ms, select_answers,
+    sample_latency_ms, select_answers, select_hashed,
 };
 use crate::judge::{self, JudgeMode};
 use crate::openai::{self, RenderCtx, Usage};
-use crate::scenario::Scenario;
+use crate::scenario::{Answer, AnswerDraw, Scenario};
 use crate::sigv4::{self, RequestParts, VerifyError};
 use crate::state::{AppState, MAX_RECORDED, RequestGuard, Stats};
 
@@ -166,11 +166,21 @@ fn answer_choices(
             let text = judge::reply(&scn.judge, mode, &conv.messages);
             vec![Resolved::text(text); n]
         }
-        None => select_answers(scn, conv, &st.answer_cursor, &st.tool_cursor, n)
+        None => draw_answers(st, scn, conv, n)
             .iter()
             .enumerate()
             .map(|(i, a)| resolve(a, conv.first_tool.as_deref(), &format!("mock{}c{i}", d.seq)))
             .collect(),
+    }
+}
+
+fn draw_answers(st: &AppState, scn: &Scenario, conv: &Conversation, n: usize) -> Vec<Answer> {
+    match (scn.answer_draw, conv.answer_stream.as_deref()) {
+        (AnswerDraw::Hashed, Some(stream)) => {
+            let first = st.take_stream_draws(stream, n as u64);
+            select_hashed(scn, conv, st.seed(), stream, first, n)
+        }
+        _ => select_answers(scn, conv, &st.answer_cursor, &st.tool_cursor, n),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Shared server state: scenario, counters, recorded requests, and the
 //! per-request guard that counts completions and client cancellations.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -53,11 +53,16 @@ pub struct AppState {
     counters: Mutex<Counters>,
     pub answer_cursor: AtomicU64,
     pub tool_cursor: AtomicU64,
+    /// Next draw of each answer stream (`answer_draw: hashed`), keyed by the request's `user`.
+    streams: Mutex<HashMap<String, u64>>,
     recorded: Mutex<VecDeque<Value>>,
     changed: Notify,
     /// Credentials from the command line (scenario `aws` takes precedence).
     cli_aws: Option<Credentials>,
 }
+
+/// Most answer streams remembered between resets.
+const MAX_ANSWER_STREAMS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave the data in an
@@ -74,6 +79,7 @@ impl AppState {
             counters: Mutex::new(Counters::default()),
             answer_cursor: AtomicU64::new(0),
             tool_cursor: AtomicU64::new(0),
+            streams: Mutex::new(HashMap::new()),
             recorded: Mutex::new(VecDeque::new()),
             changed: Notify::new(),
             cli_aws,
@@ -102,6 +108,26 @@ impl AppState {
         }
     }
 
+    /// The simulator's `--seed`.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Reserve `n` draws of an answer stream; returns the position of the first.
+    pub fn take_stream_draws(&self, stream: &str, n: u64) -> u64 {
+        let mut streams = lock(&self.streams);
+        // A test double, but still bounded: a client inventing a `user` per request must not grow
+        // the map forever. Forgetting every stream restarts their sequences, which only a
+        // benchmark replaying more than this many streams between resets would notice.
+        if streams.len() >= MAX_ANSWER_STREAMS && !streams.contains_key(stream) {
+            streams.clear();
+        }
+        let next = streams.entry(stream.to_owned()).or_insert(0);
+        let first = *next;
+        *next += n;
+        first
+    }
+
     pub fn with_rng<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
         f(&mut lock(&self.rng))
     }
@@ -128,6 +154,7 @@ impl AppState {
         });
         self.answer_cursor.store(0, Ordering::SeqCst);
         self.tool_cursor.store(0, Ordering::SeqCst);
+        lock(&self.streams).clear();
         lock(&self.recorded).clear();
         *lock(&self.rng) = Rng::new(self.seed);
     }
