@@ -108,10 +108,10 @@ def test_adaptive_stops_early_when_the_answers_agree(worker, mock):
     answer, meta = ask(worker, 16)
     assert answer == "42"
     assert meta["stop_reason"] == "adaptive_confident"
-    # Beta at 0.95 needs 4 unanimous votes; the window of 2 had started a 5th call.
-    assert meta["calls_completed"] == 4
-    assert meta["calls_sent"] == 5
-    assert mock.stats()["requests"] <= 5
+    # Beta at 0.95 needs 4 unanimous votes. After three agreeing answers the one call in flight
+    # could be the fourth, so the window of 2 starts no fifth call that would only be cancelled.
+    assert (meta["calls_sent"], meta["calls_completed"], meta["calls_cancelled"]) == (4, 4, 0)
+    assert mock.stats()["requests"] == 4
 
 
 def test_adaptive_spends_the_budget_when_the_answers_stay_split(worker, mock):

@@ -249,7 +249,10 @@ async fn generate(
             stop_reason = reason;
             break;
         }
-        if started < calls.len() {
+        while started < calls.len()
+            && in_flight.len() < window
+            && (in_flight.is_empty() || !enough_in_flight(&finished, sizes, started, &stopping))
+        {
             in_flight.push(started, &calls[started]);
             started += 1;
         }
@@ -308,6 +311,51 @@ fn should_stop(
     adaptive
         .confident(&counts)
         .then_some(StopReason::AdaptiveConfident)
+}
+
+/// Under an adaptive policy: true when the calls already in flight could be all the rule still
+/// needs — if each of them brought the current leader's answer, the rule would be confident. A
+/// new call then waits for their answers instead of starting now: if they agree it would only
+/// be cancelled (paid for nothing), and if they do not, it starts as they arrive. This keeps the
+/// calls *sent* close to the calls the rule needs, at the cost of a round of latency only on
+/// questions where the in-flight answers disagree.
+fn enough_in_flight(
+    finished: &[Option<CallResult>],
+    sizes: &[usize],
+    started: usize,
+    stopping: &Stopping<'_>,
+) -> bool {
+    let Some(adaptive) = stopping.adaptive else {
+        return false;
+    };
+    let pending: usize = finished[..started]
+        .iter()
+        .zip(sizes)
+        .filter(|(f, _)| f.is_none())
+        .map(|(_, &size)| size)
+        .sum();
+    if pending == 0 {
+        return false;
+    }
+    let candidates: Vec<Candidate> = finished
+        .iter()
+        .flatten()
+        .filter_map(|r| r.result.as_ref().ok())
+        .flat_map(|c| c.candidates.iter().cloned())
+        .collect();
+    let mut counts: Vec<usize> = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        match vote::vote(&candidates, stopping.vote) {
+            Ok(v) => v.counts.iter().map(|(_, n)| *n).collect(),
+            Err(_) => return false,
+        }
+    };
+    match counts.iter_mut().max() {
+        Some(leader) => *leader += pending,
+        None => counts.push(pending),
+    }
+    adaptive.confident(&counts)
 }
 
 /// The candidates of the calls that returned, in call order, with what they cost.
@@ -597,17 +645,35 @@ mod tests {
         let o = h.run(16, true, Some(policy(AdaptiveRule::Beta, 2))).await;
         assert_eq!(winner_text(&o), "A");
         assert_eq!(o.stop_reason, StopReason::AdaptiveConfident);
-        // Beta: 4 unanimous votes give 1 − 2⁻⁵ ≈ 0.97 ≥ 0.95, 3 give 0.9375. A window of 2 has
-        // started one more call by then, which is cancelled.
+        // Beta: 4 unanimous votes give 1 − 2⁻⁵ ≈ 0.97 ≥ 0.95, 3 give 0.9375. Once three have
+        // agreed and one is in flight, that one could be enough: no fifth call is started.
         assert_eq!(
             o.calls,
             CallCounts {
-                sent: 5,
+                sent: 4,
                 completed: 4,
-                cancelled: 1
+                cancelled: 0
             }
         );
         assert_eq!(o.usage.prompt_tokens, 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_window_that_could_decide_starts_no_call_it_would_cancel() {
+        // Window 4, unanimous: the first four calls are all the Beta rule needs, so nothing more
+        // starts while they run (a fixed window would have started three more and cancelled them).
+        let h = Harness::new(vec![("A", 10)]);
+        let o = h.run(16, true, Some(policy(AdaptiveRule::Beta, 4))).await;
+        assert_eq!(o.stop_reason, StopReason::AdaptiveConfident, "{:?}", o.calls);
+        assert_eq!((o.calls.sent, o.calls.cancelled), (4, 0));
+        // One dissenting answer in four: the in-flight calls can no longer be enough, so the
+        // window refills, one call at a time once a few are in flight, until A:8, B:2 (10 calls)
+        // makes the rule confident — and, with six calls left, the vote decided too.
+        let h = Harness::new(vec![("A", 10), ("A", 10), ("B", 10), ("A", 10)]);
+        let o = h.run(16, true, Some(policy(AdaptiveRule::Beta, 4))).await;
+        assert_eq!(winner_text(&o), "A");
+        assert_ne!(o.stop_reason, StopReason::AllCompleted);
+        assert_eq!((o.calls.sent, o.calls.cancelled), (10, 0), "{:?}", o.calls);
     }
 
     #[tokio::test(start_paused = true)]
