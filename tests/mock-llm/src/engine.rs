@@ -316,10 +316,15 @@ mod tests {
 
     #[test]
     fn hashed_streams_replay_and_follow_multiplicities() {
-        let s = Scenario::parse("answers: [{content: A}, {content: A}, {content: A}, {content: B}]")
-            .unwrap();
+        let s =
+            Scenario::parse("answers: [{content: A}, {content: A}, {content: A}, {content: B}]")
+                .unwrap();
         let c = conv(false, false);
-        let texts = |v: Vec<Answer>| v.into_iter().map(|a| a.content.unwrap()).collect::<Vec<_>>();
+        let texts = |v: Vec<Answer>| {
+            v.into_iter()
+                .map(|a| a.content.unwrap())
+                .collect::<Vec<_>>()
+        };
         // Drawing 16 at once equals drawing 4 then 12 (the position, not the batch, decides).
         let whole = texts(select_hashed(&s, &c, 7, "q1", 0, 16));
         let mut split = texts(select_hashed(&s, &c, 7, "q1", 0, 4));

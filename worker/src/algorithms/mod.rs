@@ -664,7 +664,12 @@ mod tests {
         // starts while they run (a fixed window would have started three more and cancelled them).
         let h = Harness::new(vec![("A", 10)]);
         let o = h.run(16, true, Some(policy(AdaptiveRule::Beta, 4))).await;
-        assert_eq!(o.stop_reason, StopReason::AdaptiveConfident, "{:?}", o.calls);
+        assert_eq!(
+            o.stop_reason,
+            StopReason::AdaptiveConfident,
+            "{:?}",
+            o.calls
+        );
         assert_eq!((o.calls.sent, o.calls.cancelled), (4, 0));
         // One dissenting answer in four: the in-flight calls can no longer be enough, so the
         // window refills, one call at a time once a few are in flight, until A:8, B:2 (10 calls)
