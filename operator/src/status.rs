@@ -21,6 +21,7 @@ pub mod types {
     pub const CONFIG_VALID: &str = "ConfigValid";
     pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
     pub const MODEL_SERVER_AVAILABLE: &str = "ModelServerAvailable";
+    pub const REWARD_MODEL_AVAILABLE: &str = "RewardModelAvailable";
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
 }
 
@@ -45,6 +46,9 @@ pub struct Observed<'a> {
     /// conditions can say why (empty otherwise).
     pub worker_pods: &'a [Pod],
     pub vllm_pods: &'a [Pod],
+    /// The in-cluster process reward model's Deployment and (when it needs a diagnosis) pods.
+    pub reward: Option<&'a Deployment>,
+    pub reward_pods: &'a [Pod],
     pub service_monitor: ServiceMonitorState,
 }
 
@@ -127,6 +131,39 @@ fn availability(
     (cond, counts, replicas)
 }
 
+/// `RewardModelAvailable` (with `spec.reward`): an external endpoint is taken as available (the
+/// workers fall back to a majority vote when it fails mid-search, and say so); an in-cluster PRM
+/// is available when its Deployment is, with the same reasons as `ModelServerAvailable`.
+fn reward_model_condition(
+    se: &ScalingEndpoint,
+    obs: &Observed,
+) -> Option<(Cond, Option<ReplicaCounts>)> {
+    let reward = se.spec.reward.as_ref()?;
+    Some(match (&reward.vllm, &reward.endpoint) {
+        (Some(_), _) => {
+            let (c, counts, _) = availability(
+                types::REWARD_MODEL_AVAILABLE,
+                obs.reward,
+                obs.reward_pods,
+                "reward model pods",
+            );
+            (c, Some(counts))
+        }
+        (None, endpoint) => (
+            Cond::new(
+                types::REWARD_MODEL_AVAILABLE,
+                true,
+                "ExternalEndpoint",
+                format!(
+                    "the workers call the reward model at {}",
+                    endpoint.as_deref().unwrap_or("<unset>")
+                ),
+            ),
+            None,
+        ),
+    })
+}
+
 /// The status for a reconcile's observations. `now` stamps conditions that changed.
 pub fn compute(
     se: &ScalingEndpoint,
@@ -161,10 +198,15 @@ pub fn compute(
         )
     });
 
+    let reward_model = reward_model_condition(se, obs);
+
     let url = names.url(se.spec.service.port);
     let ready = {
         let mut parts = vec![&config, &workers];
         if let Some((c, _, _)) = &model_server {
+            parts.push(c);
+        }
+        if let Some((c, _)) = &reward_model {
             parts.push(c);
         }
         match parts.into_iter().find(|c| !c.ok) {
@@ -193,6 +235,11 @@ pub fn compute(
     if let Some((c, counts, _)) = model_server {
         conds.push(c);
         model_server_counts = Some(counts);
+    }
+    let mut reward_model_counts = None;
+    if let Some((c, counts)) = reward_model {
+        conds.push(c);
+        reward_model_counts = counts;
     }
     conds.extend(service_monitor);
 
@@ -224,6 +271,7 @@ pub fn compute(
         selector: Some(selector_string(names, Component::Worker)),
         workers: Some(worker_counts),
         model_server: model_server_counts,
+        reward_model: reward_model_counts,
         // While the spec is invalid the workers keep the configuration they had.
         config_hash: obs.config_hash.clone().or(previous.config_hash),
         conditions,
@@ -280,6 +328,8 @@ mod tests {
             vllm: None,
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -323,6 +373,8 @@ mod tests {
             vllm: None,
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -367,6 +419,8 @@ mod tests {
             vllm: Some(&v),
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::CrdMissing,
         };
         let s = compute(&se, &names, &obs, &time(1));
@@ -420,6 +474,8 @@ mod tests {
             vllm: None,
             worker_pods: &pods,
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(1));
