@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use inferscale_worker::config::stepwise::LLM_JUDGE;
 use inferscale_worker::config::{
     AdaptiveConfig, AlgorithmName, LogFormat, OverrideKey, ProviderKind, SecretValue,
-    ServerSettings, WorkerConfig,
+    ServerSettings, StepTokens, WorkerConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -224,9 +225,42 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         })
         .collect();
 
+    c.step_token = alg.step_token.clone().map(StepTokens::One);
+    c.stop_token = alg.stop_token.clone();
+    c.max_steps = non_negative(alg.max_steps, "spec.algorithm.maxSteps")?;
+    c.max_step_tokens = non_negative(alg.max_step_tokens, "spec.algorithm.maxStepTokens")?;
+    c.beam_width = non_negative(alg.beam_width, "spec.algorithm.beamWidth")?;
+    c.resampling = alg.resampling;
+    c.selection = alg.selection;
+    c.max_calls = non_negative(alg.max_calls, "spec.algorithm.maxCalls")?;
+    if let Some(reward) = &spec.reward {
+        // The PRM's served name is what the worker sends as `model`; it is never `llm-judge`.
+        c.rm_name = Some(reward.model.clone());
+        c.rm_step_tag = reward.step_tag.clone();
+        c.rm_agg_method = reward.aggregation;
+        (c.rm_endpoint, c.rm_api_key) = match (&reward.vllm, &reward.endpoint) {
+            // The in-cluster PRM Service, with the key only the operator and the workers know.
+            (Some(_), _) => (
+                Some(names.prm_url()),
+                Some(SecretValue::File {
+                    file: names.prm_key_file(),
+                }),
+            ),
+            (None, endpoint) => (
+                endpoint.clone(),
+                reward
+                    .api_key_secret_ref
+                    .as_ref()
+                    .map(|r| file(&r.name, &r.key)),
+            ),
+        };
+    }
+
     if let Some(judge) = &spec.judge {
         let m = &judge.model;
-        c.rm_name = (alg.name == AlgorithmName::BestOfN).then(|| "llm-judge".to_owned());
+        if alg.name == AlgorithmName::BestOfN && spec.reward.is_none() {
+            c.rm_name = Some(LLM_JUDGE.to_owned());
+        }
         c.judge_model = Some(m.name.clone());
         c.judge_provider = m.provider;
         c.judge_base_url = Some(m.endpoint.clone().unwrap_or_else(|| "auto".to_owned()));

@@ -86,10 +86,17 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
     let se = wait_ready(&ses, "qwen-math", READY_TIMEOUT).await;
     for t in ["ModelServerAvailable", "RewardModelAvailable"] {
         let c = condition(&se, t).unwrap_or_else(|| panic!("no {t} condition"));
-        assert_eq!((c.0.as_str(), c.1.as_str()), ("True", "Available"), "{t}: {c:?}");
+        assert_eq!(
+            (c.0.as_str(), c.1.as_str()),
+            ("True", "Available"),
+            "{t}: {c:?}"
+        );
     }
     let status = se.status.clone().unwrap_or_default();
-    assert_eq!(status.reward_model.map(|r| (r.desired, r.ready)), Some((1, 1)));
+    assert_eq!(
+        status.reward_model.map(|r| (r.desired, r.ready)),
+        Some((1, 1))
+    );
 
     // Two GPU Deployments, each on the node its own selector names: the generator on the A100
     // node, the PRM on the tainted H100 node that only its toleration lets it onto.
@@ -149,8 +156,15 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
         json!({"file": "/etc/inferscale/secrets/qwen-math-prm-key/api-key"})
     );
     assert_eq!(field("stop_token"), json!("\\boxed"));
-    assert_eq!(field("rm_step_tag"), json!("<extra_0>"));
-    assert!(!config.contains(&key_value), "the PRM key leaked into the ConfigMap");
+    assert_eq!(
+        field("rm_step_tag"),
+        json!("<extra_0>"),
+        "the example sets the tag"
+    );
+    assert!(
+        !config.contains(&key_value),
+        "the PRM key leaked into the ConfigMap"
+    );
     let mounted: Vec<String> = worker
         .spec
         .unwrap()
@@ -162,20 +176,29 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
         .into_iter()
         .filter_map(|v| v.secret.and_then(|s| s.secret_name))
         .collect();
-    assert!(mounted.contains(&"qwen-math-prm-key".to_owned()), "{mounted:?}");
+    assert!(
+        mounted.contains(&"qwen-math-prm-key".to_owned()),
+        "{mounted:?}"
+    );
 
     // Dropping spec.reward.vllm for an external endpoint removes the PRM server.
     ses.patch(
         "qwen-math",
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"reward": {"vllm": null, "endpoint": "http://prm.ml.svc:8000"}}})),
+        &Patch::Merge(
+            json!({"spec": {"reward": {"vllm": null, "endpoint": "http://prm.ml.svc:8000"}}}),
+        ),
     )
     .await
     .unwrap();
     eventually("the PRM Deployment to be deleted", CHANGE_TIMEOUT, || {
         let deployments = deployments.clone();
         async move {
-            match deployments.get_opt("qwen-math-prm").await.map_err(|e| e.to_string())? {
+            match deployments
+                .get_opt("qwen-math-prm")
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 None => Ok(()),
                 Some(_) => Err("still exists".to_owned()),
             }

@@ -65,7 +65,6 @@ spec:
     }
 
     #[test]
-    #[ignore = "needs the worker's step-wise algorithms (merge h-prm-worker)"]
     fn prm_is_a_second_gpu_server_on_its_own_nodes() {
         let c = guide();
         let prm = c.reward.expect("spec.reward.vllm builds a PRM server");
@@ -120,7 +119,6 @@ spec:
     }
 
     #[test]
-    #[ignore = "needs the worker's step-wise algorithms (merge h-prm-worker)"]
     fn prm_requires_its_own_operator_key() {
         let c = guide();
         let pod = c
@@ -159,7 +157,6 @@ spec:
     }
 
     #[test]
-    #[ignore = "needs the worker's step-wise algorithms (merge h-prm-worker)"]
     fn the_users_runner_wins() {
         let se = endpoint(&GUIDE.replace(
             r#"args: [--max-model-len, "4096"]"#,
@@ -185,7 +182,6 @@ spec:
     }
 
     #[test]
-    #[ignore = "needs the worker's step-wise algorithms (merge h-prm-worker)"]
     fn an_external_prm_builds_no_server() {
         let se = endpoint(
             "metadata: {name: ext, namespace: team}\nspec: {model: {name: m}, algorithm: {name: beam-search, beamWidth: 2, defaultBudget: 4}, reward: {model: prm, endpoint: 'http://prm.ml.svc:8000'}}",

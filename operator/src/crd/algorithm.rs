@@ -1,7 +1,11 @@
 //! The algorithm block (`spec.algorithm`) and the judge of best-of-n (`spec.judge`).
 
+use inferscale_worker::config::stepwise::{
+    MAX_CALLS_LIMIT, MAX_STEP_TOKENS_LIMIT, MAX_STEPS_LIMIT,
+};
 use inferscale_worker::config::{
-    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ToolVote,
+    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, Resampling,
+    Selection, ToolVote,
 };
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -38,6 +42,11 @@ fn default_max_budget() -> Option<i32> {
 #[x_kube(
     validation = Rule::new("self.name == 'beam-search' || !has(self.beamWidth)")
         .message("beamWidth is only valid with algorithm beam-search")
+)]
+#[x_kube(
+    validation = Rule::new("self.name != 'beam-search' || has(self.beamWidth)")
+        .message("algorithm beam-search needs beamWidth: the partial answers kept per step")
+        .reason(Reason::FieldValueRequired)
 )]
 #[x_kube(
     validation = Rule::new("self.name == 'particle-filtering' || (!has(self.resampling) && !has(self.selection))")
@@ -98,16 +107,16 @@ pub struct AlgorithmSpec {
     pub stop_token: Option<String>,
     /// Step-wise search: most steps of one answer (1 to 256, default 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 256))]
+    #[schemars(range(min = 1, max = MAX_STEPS_LIMIT))]
     pub max_steps: Option<i32>,
     /// Step-wise search: most tokens one step may generate (1 to 32768, default 512).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 32768))]
+    #[schemars(range(min = 1, max = MAX_STEP_TOKENS_LIMIT))]
     pub max_step_tokens: Option<i32>,
     /// Beam search: partial answers kept after each step. The budget must be a multiple of it; each
     /// beam is expanded budget/beamWidth times per step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = MAX_BUDGET_LIMIT))]
     pub beam_width: Option<i32>,
     /// Particle filtering: how particles are resampled from their weights after each step,
     /// `multinomial` or `systematic` (lower variance).
@@ -117,27 +126,11 @@ pub struct AlgorithmSpec {
     /// `sample` (drawn by weight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<Selection>,
-    /// Step-wise search: most upstream calls (generation and PRM) one request may make (default
-    /// maxBudget x maxSteps).
+    /// Step-wise search: most generation calls one request may make (default maxBudget x
+    /// maxSteps; the PRM is called at most once per step more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 256000))]
+    #[schemars(range(min = 1, max = MAX_CALLS_LIMIT))]
     pub max_calls: Option<i32>,
-}
-
-/// How particle filtering resamples particles from their weights.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Resampling {
-    Multinomial,
-    Systematic,
-}
-
-/// How particle filtering picks the answer among finished particles.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Selection {
-    Argmax,
-    Sample,
 }
 
 /// Adaptive self-consistency settings.

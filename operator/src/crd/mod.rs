@@ -12,11 +12,9 @@ mod reward;
 mod vllm;
 mod worker;
 
-pub use algorithm::{
-    AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey, Resampling, Selection,
-};
+pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
 pub use pod::PodSettings;
-pub use reward::{DEFAULT_STEP_TAG, RewardAggregation, RewardSpec};
+pub use reward::RewardSpec;
 pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
 pub use worker::{AutoscalingSpec, WorkerSpec};
 
@@ -78,6 +76,10 @@ pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
 #[x_kube(
     validation = Rule::new("self.algorithm.name != 'best-of-n' || !has(self.judge) || !has(self.reward)")
         .message("algorithm best-of-n picks with either spec.judge (an LLM judge) or spec.reward (a process reward model), not both")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.reward) || self.algorithm.name != 'self-consistency'")
+        .message("spec.reward is only used by algorithm particle-filtering, beam-search or best-of-n")
 )]
 #[x_kube(
     validation = Rule::new("!(self.algorithm.name in ['particle-filtering', 'beam-search']) || has(self.reward)")

@@ -2,8 +2,8 @@
 //! beam search and PRM-scored best-of-n: an existing server (`endpoint`) or one the operator serves
 //! with vLLM's pooling runner (`vllm`, the same block as `spec.vllm`).
 
+use inferscale_worker::config::RmAggMethod;
 use kube::KubeSchema;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{SecretKeyRef, VllmSpec};
@@ -54,25 +54,5 @@ pub struct RewardSpec {
     /// How the step scores of a complete answer become one score (PRM best-of-n): `model` (the
     /// last step's score as the model reports it, the default), `prod`, `min` or `last`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aggregation: Option<RewardAggregation>,
+    pub aggregation: Option<RmAggMethod>,
 }
-
-/// How step scores are aggregated into the score of a complete answer.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RewardAggregation {
-    Model,
-    Prod,
-    Min,
-    Last,
-}
-
-impl RewardSpec {
-    /// The step tag the workers use, the default when unset.
-    pub fn step_tag_or_default(&self) -> &str {
-        self.step_tag.as_deref().unwrap_or(DEFAULT_STEP_TAG)
-    }
-}
-
-/// The step tag of Qwen2.5-Math-PRM.
-pub const DEFAULT_STEP_TAG: &str = "<extra_0>";
