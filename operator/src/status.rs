@@ -405,6 +405,110 @@ mod tests {
     }
 
     #[test]
+    fn reward_model_gates_ready_when_served_in_cluster() {
+        let se = endpoint(
+            "metadata: {name: pf, namespace: team}\nspec: {model: {name: m}, algorithm: {name: particle-filtering}, reward: {model: prm, vllm: {model: Qwen/Qwen2.5-Math-PRM-7B}}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let w = deployment(1, 1);
+        let loading = deployment(1, 0);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&w),
+            vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
+            reward: Some(&loading),
+            reward_pods: &[],
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        let rm = cond(&s, "RewardModelAvailable");
+        assert_eq!(
+            (rm.status.as_str(), rm.reason.as_str(), rm.message.as_str()),
+            ("False", "Unavailable", "0 of 1 reward model pods available")
+        );
+        // Workers alone do not make the endpoint Ready: every request would fall back.
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Unavailable")
+        );
+        assert!(ready.message.contains("reward model"), "{}", ready.message);
+        assert_eq!(
+            s.reward_model,
+            Some(ReplicaCounts {
+                desired: 1,
+                ready: 0
+            })
+        );
+
+        let up = deployment(1, 1);
+        let s = compute(
+            &se,
+            &names,
+            &Observed {
+                reward: Some(&up),
+                config_hash: Some("h".into()),
+                ..obs
+            },
+            &time(20),
+        );
+        assert_eq!(cond(&s, "RewardModelAvailable").status, "True");
+        assert_eq!(cond(&s, "Ready").status, "True");
+        // Without its Deployment (deleted by hand), the condition says so.
+        let s = compute(
+            &se,
+            &names,
+            &Observed {
+                reward: None,
+                config_hash: Some("h".into()),
+                ..obs
+            },
+            &time(30),
+        );
+        assert_eq!(cond(&s, "RewardModelAvailable").reason, "NotCreated");
+    }
+
+    #[test]
+    fn an_external_reward_model_is_available_and_absent_reward_adds_no_condition() {
+        let se = endpoint(
+            "metadata: {name: pf, namespace: team}\nspec: {model: {name: m}, algorithm: {name: particle-filtering}, reward: {model: prm, endpoint: 'http://prm.ml.svc:8000'}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let w = deployment(1, 1);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&w),
+            vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        let rm = cond(&s, "RewardModelAvailable");
+        assert_eq!(
+            (rm.status.as_str(), rm.reason.as_str()),
+            ("True", "ExternalEndpoint")
+        );
+        assert!(rm.message.contains("http://prm.ml.svc:8000"));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.reward_model, None);
+
+        let plain = endpoint(SPEC);
+        let s = compute(&plain, &names, &obs, &time(10));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.type_ != "RewardModelAvailable")
+        );
+    }
+
+    #[test]
     fn model_server_gates_ready_when_vllm_is_set() {
         let se = endpoint(
             "metadata: {name: v}\nspec: {model: {name: m}, algorithm: {name: self-consistency}, vllm: {model: x}}",

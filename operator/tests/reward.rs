@@ -141,7 +141,7 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
     assert_eq!(key_value.len(), 64);
     let worker = deployments.get("qwen-math").await.unwrap();
     let cm_name = mounted_config_map(&worker).expect("the workers mount a config");
-    let cm: ConfigMap = ns.api().get(&cm_name).await.unwrap();
+    let cm: ConfigMap = ns.api().get(cm_name).await.unwrap();
     let config = cm.data.unwrap()["config.yaml"].clone();
     let parsed: serde_json::Value = serde_yaml::from_str(&config).expect("the config is YAML");
     let field = |name: &str| parsed[name].clone();
