@@ -297,16 +297,20 @@ impl Applier {
                     self.event(se, EventType::Normal, "Created", note).await;
                 }
                 try_apply!(self.apply_child(se, &s.services, prm.service));
-                Some(try_apply!(self.apply_child(
-                    se,
-                    &s.deployments,
-                    prm.deployment
-                )))
+                let deployment = try_apply!(self.apply_child(se, &s.deployments, prm.deployment));
+                match prm.pdb {
+                    Some(p) => {
+                        try_apply!(self.apply_child(se, &s.pdbs, p));
+                    }
+                    None => self.delete_child(se, &s.pdbs, ns, &names.prm()).await?,
+                }
+                Some(deployment)
             }
             None => {
                 self.delete_child(se, &s.deployments, ns, &names.prm())
                     .await?;
                 self.delete_child(se, &s.services, ns, &names.prm()).await?;
+                self.delete_child(se, &s.pdbs, ns, &names.prm()).await?;
                 None
             }
         };

@@ -16,6 +16,7 @@ use inferscale_operator::config_rollout::mounted_config_map;
 use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
@@ -48,6 +49,23 @@ async fn running_node(pods: &Api<Pod>, endpoint: &str, component: &str) -> (Stri
             }
         },
     )
+    .await
+}
+
+/// Waits until the object of that name is gone.
+async fn absent<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(&format!("{name} to be deleted"), CHANGE_TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still exists".to_owned()),
+            }
+        }
+    })
     .await
 }
 
@@ -181,7 +199,30 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
         "{mounted:?}"
     );
 
-    // Dropping spec.reward.vllm for an external endpoint removes the PRM server.
+    // Two PRM pods get a disruption budget of their own (one pod at a time on a drain).
+    ses.patch(
+        "qwen-math",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"reward": {"vllm": {"replicas": 2}}}})),
+    )
+    .await
+    .unwrap();
+    let pdbs: Api<PodDisruptionBudget> = ns.api();
+    let pdb = eventually("the PRM's PodDisruptionBudget", CHANGE_TIMEOUT, || {
+        let pdbs = pdbs.clone();
+        async move {
+            pdbs.get_opt("qwen-math-prm")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not created yet".to_owned())
+        }
+    })
+    .await;
+    let selector = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+    assert_eq!(selector["app.kubernetes.io/component"], "reward-model");
+    assert!(pdbs.get_opt("qwen-math-vllm").await.unwrap().is_none());
+
+    // Dropping spec.reward.vllm for an external endpoint removes the PRM server and its budget.
     ses.patch(
         "qwen-math",
         &PatchParams::default(),
@@ -191,20 +232,9 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
     )
     .await
     .unwrap();
-    eventually("the PRM Deployment to be deleted", CHANGE_TIMEOUT, || {
-        let deployments = deployments.clone();
-        async move {
-            match deployments
-                .get_opt("qwen-math-prm")
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                None => Ok(()),
-                Some(_) => Err("still exists".to_owned()),
-            }
-        }
-    })
-    .await;
+    absent(&deployments, "qwen-math-prm").await;
+    absent(&ns.api::<Service>(), "qwen-math-prm").await;
+    absent(&pdbs, "qwen-math-prm").await;
     let se = wait_ready(&ses, "qwen-math", READY_TIMEOUT).await;
     let c = condition(&se, "RewardModelAvailable").unwrap();
     assert_eq!((c.0.as_str(), c.1.as_str()), ("True", "ExternalEndpoint"));

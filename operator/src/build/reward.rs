@@ -6,10 +6,11 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::service;
 use super::vllm::{self, VllmRole};
+use super::{Component, autoscaling, service};
 use crate::crd::RewardSpec;
 use crate::layout::Names;
 
@@ -18,6 +19,8 @@ use crate::layout::Names;
 pub struct RewardServer {
     pub deployment: Deployment,
     pub service: Service,
+    /// With more than one PRM pod, drains take one at a time (with one, it would block them).
+    pub pdb: Option<PodDisruptionBudget>,
 }
 
 /// The PRM's Deployment and Service, or `None` when the reward model is an external endpoint.
@@ -27,6 +30,8 @@ pub fn server(names: &Names, owner: &OwnerReference, reward: &RewardSpec) -> Opt
         // vLLM serves the PRM under the name the workers send as `model` (`rm_name`).
         deployment: vllm::deployment(names, owner, VllmRole::RewardModel, &reward.model, v),
         service: service::vllm(names, owner, VllmRole::RewardModel),
+        pdb: (v.replicas > 1)
+            .then(|| autoscaling::pdb(names.prm(), names, owner, Component::RewardModel)),
     })
 }
 
@@ -116,6 +121,21 @@ spec:
         let svc_spec = svc.spec.unwrap();
         assert_eq!(svc_spec.selector.unwrap(), selector);
         assert_eq!(svc_spec.ports.unwrap()[0].port, 8000);
+        // One PRM pod: a PDB would block every node drain.
+        assert!(prm.pdb.is_none());
+    }
+
+    #[test]
+    fn several_prm_pods_get_their_own_disruption_budget() {
+        let se = endpoint(&GUIDE.replace("gpus: 2", "gpus: 2\n      replicas: 2"));
+        let resolved = validate(&se, &Secrets::new()).unwrap().unwrap();
+        let c = build::build(&se, &resolved, &OperatorDefaults::default()).unwrap();
+        let pdb = c.reward.unwrap().pdb.expect("a PDB for 2 PRM pods");
+        assert_eq!(pdb.metadata.name.as_deref(), Some("math-prm"));
+        let selector = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+        assert_eq!(selector["app.kubernetes.io/component"], "reward-model");
+        // The generator's single pod still has none.
+        assert!(c.vllm_pdb.is_none());
     }
 
     #[test]
