@@ -34,8 +34,9 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
 
 /// An OpenAI-compatible endpoint that spends a budget of N upstream calls per request and returns
-/// the best answer (self-consistency voting or best-of-n with an LLM judge). The operator runs
-/// workers for it, a Service at `status.url`, and optionally an in-cluster vLLM model server.
+/// the best answer (self-consistency voting, best-of-n with an LLM judge or a process reward
+/// model, or step-wise search guided by a process reward model). The operator runs workers for
+/// it, a Service at `status.url`, and optionally in-cluster vLLM servers for the model and the PRM.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "inferscale.dev",
@@ -47,7 +48,7 @@ pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
     namespaced,
     status = "ScalingEndpointStatus",
     derive = "PartialEq",
-    doc = "ScalingEndpoint is an OpenAI-compatible inference-time-scaling endpoint: workers that spend a budget of N upstream calls per request (self-consistency or best-of-n with an LLM judge), their Service, and optionally an in-cluster vLLM model server.",
+    doc = "ScalingEndpoint is an OpenAI-compatible inference-time-scaling endpoint: workers that spend a budget of N upstream calls per request (self-consistency, best-of-n with an LLM judge or a process reward model, particle filtering or beam search), their Service, and optionally in-cluster vLLM servers for the model and the process reward model.",
     scale(
         spec_replicas_path = ".spec.worker.replicas",
         status_replicas_path = ".status.replicas",
