@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use crate::build::vllm::VllmRole;
 use crate::build::{Children, FIELD_MANAGER, service_monitor};
 use crate::crd::ScalingEndpoint;
 use crate::digest;
@@ -149,6 +150,8 @@ impl Stores {
 pub struct Applied {
     pub worker: Deployment,
     pub vllm: Option<Deployment>,
+    /// The in-cluster process reward model's Deployment (`spec.reward.vllm`).
+    pub reward: Option<Deployment>,
     pub service_monitor: ServiceMonitorState,
 }
 
@@ -264,7 +267,13 @@ impl Applier {
         let vllm = match (children.vllm_deployment, children.vllm_service) {
             (Some(d), Some(svc)) => {
                 // The key first: vLLM and the workers both mount it.
-                if try_apply!(vllm_key::ensure(&self.client, se, names)) == KeyState::Created {
+                if try_apply!(vllm_key::ensure(
+                    &self.client,
+                    se,
+                    names,
+                    VllmRole::Generator
+                )) == KeyState::Created
+                {
                     let note = format!("Secret {} created", names.vllm_key());
                     self.event(se, EventType::Normal, "Created", note).await;
                 }
@@ -276,6 +285,32 @@ impl Applier {
                     .await?;
                 self.delete_child(se, &s.services, ns, &names.vllm())
                     .await?;
+                None
+            }
+        };
+        let reward = match children.reward {
+            Some(prm) => {
+                let role = VllmRole::RewardModel;
+                if try_apply!(vllm_key::ensure(&self.client, se, names, role)) == KeyState::Created
+                {
+                    let note = format!("Secret {} created", names.prm_key());
+                    self.event(se, EventType::Normal, "Created", note).await;
+                }
+                try_apply!(self.apply_child(se, &s.services, prm.service));
+                let deployment = try_apply!(self.apply_child(se, &s.deployments, prm.deployment));
+                match prm.pdb {
+                    Some(p) => {
+                        try_apply!(self.apply_child(se, &s.pdbs, p));
+                    }
+                    None => self.delete_child(se, &s.pdbs, ns, &names.prm()).await?,
+                }
+                Some(deployment)
+            }
+            None => {
+                self.delete_child(se, &s.deployments, ns, &names.prm())
+                    .await?;
+                self.delete_child(se, &s.services, ns, &names.prm()).await?;
+                self.delete_child(se, &s.pdbs, ns, &names.prm()).await?;
                 None
             }
         };
@@ -307,6 +342,7 @@ impl Applier {
         Ok(Ok(Applied {
             worker,
             vllm,
+            reward,
             service_monitor,
         }))
     }

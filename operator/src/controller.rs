@@ -142,11 +142,12 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
             .deployment(&names.namespace, &name)
             .filter(|d| controlled_by(d, &se))
     };
-    let (worker, vllm, service_monitor) = match applied {
-        Some(a) => (Some(a.worker), a.vllm, a.service_monitor),
+    let (worker, vllm, reward, service_monitor) = match applied {
+        Some(a) => (Some(a.worker), a.vllm, a.reward, a.service_monitor),
         None => (
             own_deployment(names.worker()),
             own_deployment(names.vllm()),
+            own_deployment(names.prm()),
             ServiceMonitorState::NotRequested,
         ),
     };
@@ -160,6 +161,13 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
         vllm.as_ref(),
     )
     .await;
+    let reward_pods = workload_health::pods_to_diagnose(
+        &ctx.client,
+        &names,
+        Component::RewardModel,
+        reward.as_ref(),
+    )
+    .await;
     let observed = Observed {
         problem: problem.as_ref(),
         config_hash,
@@ -167,6 +175,8 @@ pub async fn reconcile(se: Arc<ScalingEndpoint>, ctx: Arc<Context>) -> Result<Ac
         vllm: vllm.as_ref(),
         worker_pods: &worker_pods,
         vllm_pods: &vllm_pods,
+        reward: reward.as_ref(),
+        reward_pods: &reward_pods,
         service_monitor,
     };
     let status = status::compute(&se, &names, &observed, &Time(Timestamp::now()));

@@ -9,7 +9,8 @@
 //! - Bedrock: `https://bedrock-runtime.<region>.amazonaws.com` (also `bedrock-runtime-fips.` and
 //!   the China partition's `.amazonaws.com.cn`).
 //!
-//! The in-cluster vLLM Service (`spec.vllm`) is the operator's own child, not a custom endpoint.
+//! The in-cluster vLLM Service (`spec.vllm`) is the operator's own child, not a custom endpoint;
+//! an external process reward model (`spec.reward.endpoint`) always is one.
 //! Pure, so every rule is unit-tested.
 
 use crate::crd::{ModelSpec, ScalingEndpointSpec};
@@ -130,6 +131,15 @@ pub fn secrets_sent_to_custom_endpoints(spec: &ScalingEndpointSpec) -> Vec<Custo
             );
         }
     }
+    // A process reward model is never a provider's official API: its key always needs the label.
+    if let Some(reward) = &spec.reward
+        && let (Some(endpoint), Some(r)) = (&reward.endpoint, &reward.api_key_secret_ref)
+    {
+        add(
+            vec![(r.name.clone(), "spec.reward.apiKeySecretRef")],
+            endpoint,
+        );
+    }
     out
 }
 
@@ -205,6 +215,31 @@ spec:
                 // The judge has no key of its own, so it would send the model's.
                 ("db-creds".to_owned(), "spec.model.apiKeySecretRef", judge),
             ]
+        );
+    }
+
+    #[test]
+    fn an_external_reward_models_key_needs_the_label() {
+        let se = endpoint(
+            r#"
+metadata: {name: x}
+spec:
+  model: {name: gpt-4o}
+  algorithm: {name: best-of-n}
+  reward: {model: prm, endpoint: "http://prm.invalid:8000", apiKeySecretRef: {name: db-creds, key: password}}
+"#,
+        );
+        let found: Vec<_> = secrets_sent_to_custom_endpoints(&se.spec)
+            .into_iter()
+            .map(|u| (u.secret, u.field, u.endpoint))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                "db-creds".to_owned(),
+                "spec.reward.apiKeySecretRef",
+                "http://prm.invalid:8000".to_owned()
+            )]
         );
     }
 

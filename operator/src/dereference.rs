@@ -85,6 +85,22 @@ pub fn secret_uses(spec: &ScalingEndpointSpec) -> Vec<SecretUse> {
     {
         uses.push(SecretUse::new(r, "spec.vllm.hfTokenSecretRef", false));
     }
+    if let Some(reward) = &spec.reward {
+        if let Some(r) = &reward.api_key_secret_ref {
+            uses.push(SecretUse::new(r, "spec.reward.apiKeySecretRef", true));
+        }
+        if let Some(r) = reward
+            .vllm
+            .as_ref()
+            .and_then(|v| v.hf_token_secret_ref.as_ref())
+        {
+            uses.push(SecretUse::new(
+                r,
+                "spec.reward.vllm.hfTokenSecretRef",
+                false,
+            ));
+        }
+    }
     uses
 }
 

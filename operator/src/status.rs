@@ -21,6 +21,7 @@ pub mod types {
     pub const CONFIG_VALID: &str = "ConfigValid";
     pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
     pub const MODEL_SERVER_AVAILABLE: &str = "ModelServerAvailable";
+    pub const REWARD_MODEL_AVAILABLE: &str = "RewardModelAvailable";
     pub const SERVICE_MONITOR_READY: &str = "ServiceMonitorReady";
 }
 
@@ -45,6 +46,9 @@ pub struct Observed<'a> {
     /// conditions can say why (empty otherwise).
     pub worker_pods: &'a [Pod],
     pub vllm_pods: &'a [Pod],
+    /// The in-cluster process reward model's Deployment and (when it needs a diagnosis) pods.
+    pub reward: Option<&'a Deployment>,
+    pub reward_pods: &'a [Pod],
     pub service_monitor: ServiceMonitorState,
 }
 
@@ -127,6 +131,39 @@ fn availability(
     (cond, counts, replicas)
 }
 
+/// `RewardModelAvailable` (with `spec.reward`): an external endpoint is taken as available (the
+/// workers fall back to a majority vote when it fails mid-search, and say so); an in-cluster PRM
+/// is available when its Deployment is, with the same reasons as `ModelServerAvailable`.
+fn reward_model_condition(
+    se: &ScalingEndpoint,
+    obs: &Observed,
+) -> Option<(Cond, Option<ReplicaCounts>)> {
+    let reward = se.spec.reward.as_ref()?;
+    Some(match (&reward.vllm, &reward.endpoint) {
+        (Some(_), _) => {
+            let (c, counts, _) = availability(
+                types::REWARD_MODEL_AVAILABLE,
+                obs.reward,
+                obs.reward_pods,
+                "reward model pods",
+            );
+            (c, Some(counts))
+        }
+        (None, endpoint) => (
+            Cond::new(
+                types::REWARD_MODEL_AVAILABLE,
+                true,
+                "ExternalEndpoint",
+                format!(
+                    "the workers call the reward model at {}",
+                    endpoint.as_deref().unwrap_or("<unset>")
+                ),
+            ),
+            None,
+        ),
+    })
+}
+
 /// The status for a reconcile's observations. `now` stamps conditions that changed.
 pub fn compute(
     se: &ScalingEndpoint,
@@ -161,10 +198,15 @@ pub fn compute(
         )
     });
 
+    let reward_model = reward_model_condition(se, obs);
+
     let url = names.url(se.spec.service.port);
     let ready = {
         let mut parts = vec![&config, &workers];
         if let Some((c, _, _)) = &model_server {
+            parts.push(c);
+        }
+        if let Some((c, _)) = &reward_model {
             parts.push(c);
         }
         match parts.into_iter().find(|c| !c.ok) {
@@ -193,6 +235,11 @@ pub fn compute(
     if let Some((c, counts, _)) = model_server {
         conds.push(c);
         model_server_counts = Some(counts);
+    }
+    let mut reward_model_counts = None;
+    if let Some((c, counts)) = reward_model {
+        conds.push(c);
+        reward_model_counts = counts;
     }
     conds.extend(service_monitor);
 
@@ -224,6 +271,7 @@ pub fn compute(
         selector: Some(selector_string(names, Component::Worker)),
         workers: Some(worker_counts),
         model_server: model_server_counts,
+        reward_model: reward_model_counts,
         // While the spec is invalid the workers keep the configuration they had.
         config_hash: obs.config_hash.clone().or(previous.config_hash),
         conditions,
@@ -280,6 +328,8 @@ mod tests {
             vllm: None,
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -323,6 +373,8 @@ mod tests {
             vllm: None,
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(10));
@@ -353,6 +405,110 @@ mod tests {
     }
 
     #[test]
+    fn reward_model_gates_ready_when_served_in_cluster() {
+        let se = endpoint(
+            "metadata: {name: pf, namespace: team}\nspec: {model: {name: m}, algorithm: {name: particle-filtering}, reward: {model: prm, vllm: {model: Qwen/Qwen2.5-Math-PRM-7B}}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let w = deployment(1, 1);
+        let loading = deployment(1, 0);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&w),
+            vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
+            reward: Some(&loading),
+            reward_pods: &[],
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        let rm = cond(&s, "RewardModelAvailable");
+        assert_eq!(
+            (rm.status.as_str(), rm.reason.as_str(), rm.message.as_str()),
+            ("False", "Unavailable", "0 of 1 reward model pods available")
+        );
+        // Workers alone do not make the endpoint Ready: every request would fall back.
+        let ready = cond(&s, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Unavailable")
+        );
+        assert!(ready.message.contains("reward model"), "{}", ready.message);
+        assert_eq!(
+            s.reward_model,
+            Some(ReplicaCounts {
+                desired: 1,
+                ready: 0
+            })
+        );
+
+        let up = deployment(1, 1);
+        let s = compute(
+            &se,
+            &names,
+            &Observed {
+                reward: Some(&up),
+                config_hash: Some("h".into()),
+                ..obs
+            },
+            &time(20),
+        );
+        assert_eq!(cond(&s, "RewardModelAvailable").status, "True");
+        assert_eq!(cond(&s, "Ready").status, "True");
+        // Without its Deployment (deleted by hand), the condition says so.
+        let s = compute(
+            &se,
+            &names,
+            &Observed {
+                reward: None,
+                config_hash: Some("h".into()),
+                ..obs
+            },
+            &time(30),
+        );
+        assert_eq!(cond(&s, "RewardModelAvailable").reason, "NotCreated");
+    }
+
+    #[test]
+    fn an_external_reward_model_is_available_and_absent_reward_adds_no_condition() {
+        let se = endpoint(
+            "metadata: {name: pf, namespace: team}\nspec: {model: {name: m}, algorithm: {name: particle-filtering}, reward: {model: prm, endpoint: 'http://prm.ml.svc:8000'}}",
+        );
+        let names = Names::of(&se).unwrap();
+        let w = deployment(1, 1);
+        let obs = Observed {
+            problem: None,
+            config_hash: Some("h".into()),
+            worker: Some(&w),
+            vllm: None,
+            worker_pods: &[],
+            vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
+            service_monitor: ServiceMonitorState::NotRequested,
+        };
+        let s = compute(&se, &names, &obs, &time(10));
+        let rm = cond(&s, "RewardModelAvailable");
+        assert_eq!(
+            (rm.status.as_str(), rm.reason.as_str()),
+            ("True", "ExternalEndpoint")
+        );
+        assert!(rm.message.contains("http://prm.ml.svc:8000"));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.reward_model, None);
+
+        let plain = endpoint(SPEC);
+        let s = compute(&plain, &names, &obs, &time(10));
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.type_ != "RewardModelAvailable")
+        );
+    }
+
+    #[test]
     fn model_server_gates_ready_when_vllm_is_set() {
         let se = endpoint(
             "metadata: {name: v}\nspec: {model: {name: m}, algorithm: {name: self-consistency}, vllm: {model: x}}",
@@ -367,6 +523,8 @@ mod tests {
             vllm: Some(&v),
             worker_pods: &[],
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::CrdMissing,
         };
         let s = compute(&se, &names, &obs, &time(1));
@@ -420,6 +578,8 @@ mod tests {
             vllm: None,
             worker_pods: &pods,
             vllm_pods: &[],
+            reward: None,
+            reward_pods: &[],
             service_monitor: ServiceMonitorState::NotRequested,
         };
         let s = compute(&se, &names, &obs, &time(1));

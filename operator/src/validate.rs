@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use inferscale_worker::config::stepwise::LLM_JUDGE;
 use inferscale_worker::config::{
     AdaptiveConfig, AlgorithmName, LogFormat, OverrideKey, ProviderKind, SecretValue,
-    ServerSettings, WorkerConfig,
+    ServerSettings, StepTokens, WorkerConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -224,9 +225,42 @@ fn worker_config(se: &ScalingEndpoint, names: &Names) -> Result<Result<WorkerCon
         })
         .collect();
 
+    c.step_token = alg.step_token.clone().map(StepTokens::One);
+    c.stop_token = alg.stop_token.clone();
+    c.max_steps = non_negative(alg.max_steps, "spec.algorithm.maxSteps")?;
+    c.max_step_tokens = non_negative(alg.max_step_tokens, "spec.algorithm.maxStepTokens")?;
+    c.beam_width = non_negative(alg.beam_width, "spec.algorithm.beamWidth")?;
+    c.resampling = alg.resampling;
+    c.selection = alg.selection;
+    c.max_calls = non_negative(alg.max_calls, "spec.algorithm.maxCalls")?;
+    if let Some(reward) = &spec.reward {
+        // The PRM's served name is what the worker sends as `model`; it is never `llm-judge`.
+        c.rm_name = Some(reward.model.clone());
+        c.rm_step_tag = reward.step_tag.clone();
+        c.rm_agg_method = reward.aggregation;
+        (c.rm_endpoint, c.rm_api_key) = match (&reward.vllm, &reward.endpoint) {
+            // The in-cluster PRM Service, with the key only the operator and the workers know.
+            (Some(_), _) => (
+                Some(names.prm_url()),
+                Some(SecretValue::File {
+                    file: names.prm_key_file(),
+                }),
+            ),
+            (None, endpoint) => (
+                endpoint.clone(),
+                reward
+                    .api_key_secret_ref
+                    .as_ref()
+                    .map(|r| file(&r.name, &r.key)),
+            ),
+        };
+    }
+
     if let Some(judge) = &spec.judge {
         let m = &judge.model;
-        c.rm_name = (alg.name == AlgorithmName::BestOfN).then(|| "llm-judge".to_owned());
+        if alg.name == AlgorithmName::BestOfN && spec.reward.is_none() {
+            c.rm_name = Some(LLM_JUDGE.to_owned());
+        }
         c.judge_model = Some(m.name.clone());
         c.judge_provider = m.provider;
         c.judge_base_url = Some(m.endpoint.clone().unwrap_or_else(|| "auto".to_owned()));
@@ -619,5 +653,125 @@ spec:
             .unwrap()
             .unwrap_err();
         assert_eq!(p.reason, "SecretNotAllowed");
+    }
+
+    #[test]
+    fn an_in_cluster_prm_is_reached_at_its_service_with_the_generated_key() {
+        let se = endpoint(
+            r#"
+metadata: {name: math, namespace: team}
+spec:
+  model: {name: qwen-math}
+  algorithm: {name: particle-filtering, defaultBudget: 8, stepToken: "\n\n", stopToken: '\boxed', maxSteps: 12, maxStepTokens: 256, resampling: systematic, selection: sample, maxCalls: 200}
+  vllm: {model: Qwen/Qwen2.5-Math-1.5B-Instruct}
+  reward: {model: Qwen/Qwen2.5-Math-PRM-7B, stepTag: "<extra_1>", aggregation: min, vllm: {model: Qwen/Qwen2.5-Math-PRM-7B}}
+"#,
+        );
+        let r = ok(&se, &Secrets::new());
+        let c = &r.config;
+        assert_eq!(c.alg, AlgorithmName::ParticleFiltering);
+        assert_eq!(c.rm_name.as_deref(), Some("Qwen/Qwen2.5-Math-PRM-7B"));
+        assert_eq!(
+            c.rm_endpoint.as_deref(),
+            Some("http://math-prm.team.svc:8000")
+        );
+        assert_eq!(
+            c.rm_api_key,
+            Some(SecretValue::File {
+                file: "/etc/inferscale/secrets/math-prm-key/api-key".into()
+            })
+        );
+        assert_eq!(c.rm_step_tag.as_deref(), Some("<extra_1>"));
+        assert_eq!(
+            c.rm_agg_method,
+            Some(inferscale_worker::config::RmAggMethod::Min)
+        );
+        assert_eq!(c.step_token, Some(StepTokens::One("\n\n".to_owned())));
+        assert_eq!(c.stop_token.as_deref(), Some("\\boxed"));
+        assert_eq!(
+            (c.max_steps, c.max_step_tokens, c.max_calls),
+            (Some(12), Some(256), Some(200))
+        );
+        assert_eq!(
+            c.resampling,
+            Some(inferscale_worker::config::Resampling::Systematic)
+        );
+        assert_eq!(
+            c.selection,
+            Some(inferscale_worker::config::Selection::Sample)
+        );
+        // The worker reads exactly this back, and the settings it derives are the spec's.
+        assert_eq!(WorkerConfig::from_file_text(&r.config_yaml).unwrap(), *c);
+        let settings = c.stepwise_settings().expect("step-wise settings");
+        assert_eq!(settings.rm_base_url, "http://math-prm.team.svc:8000");
+        assert_eq!(settings.max_steps, 12);
+        // The generated key is read from its mounted Secret, never referenced as a user Secret.
+        assert!(r.worker_secrets.is_empty(), "{:?}", r.worker_secrets);
+    }
+
+    #[test]
+    fn an_external_prm_gets_the_users_key_as_a_file_and_never_the_value() {
+        let se = endpoint(
+            r#"
+metadata: {name: bs, namespace: team}
+spec:
+  model: {name: gpt-4o-mini, provider: openai-compatible, endpoint: "http://vllm.ml.svc:8000/v1"}
+  algorithm: {name: beam-search, beamWidth: 2, defaultBudget: 4, maxBudget: 8}
+  reward: {model: prm, endpoint: "http://prm.ml.svc:8000/v1", apiKeySecretRef: {name: prm, key: key}}
+"#,
+        );
+        let mut prm = secret("prm", &[("key", "prm-secret-value")]);
+        prm.1.as_mut().unwrap().metadata.labels = Some(BTreeMap::from([(
+            "inferscale.dev/allow-custom-endpoint".to_owned(),
+            "true".to_owned(),
+        )]));
+        let r = ok(&se, &Secrets::from([prm]));
+        let c = &r.config;
+        assert_eq!(c.alg, AlgorithmName::BeamSearch);
+        assert_eq!(c.beam_width, Some(2));
+        assert_eq!(c.rm_endpoint.as_deref(), Some("http://prm.ml.svc:8000/v1"));
+        assert_eq!(
+            c.rm_api_key,
+            Some(SecretValue::File {
+                file: "/etc/inferscale/secrets/prm/key".into()
+            })
+        );
+        assert!(!r.config_yaml.contains("prm-secret-value"));
+        assert_eq!(r.worker_secrets, ["prm".to_owned()]);
+        // Defaults are the worker's: nothing is written that the user did not set.
+        assert_eq!((c.rm_step_tag.as_ref(), c.rm_agg_method), (None, None));
+
+        // Unlabelled, the key would be sent to a server the user chose: refused.
+        let p = validate(&se, &Secrets::from([secret("prm", &[("key", "x")])]))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(p.reason, "SecretNotAllowed");
+        assert!(
+            p.message.contains("spec.reward.apiKeySecretRef"),
+            "{}",
+            p.message
+        );
+    }
+
+    #[test]
+    fn best_of_n_with_a_prm_is_scored_by_the_prm_not_the_judge() {
+        let se = endpoint(
+            "metadata: {name: bon, namespace: team}\nspec: {model: {name: m, provider: openai-compatible, endpoint: 'http://vllm:8000/v1'}, algorithm: {name: best-of-n}, reward: {model: prm, endpoint: 'http://prm:8000'}}",
+        );
+        let c = ok(&se, &Secrets::new()).config;
+        assert_eq!(c.rm_name.as_deref(), Some("prm"));
+        assert!(c.uses_prm() && !c.uses_llm_judge());
+    }
+
+    #[test]
+    fn the_workers_own_step_rules_name_the_field() {
+        // A budget that is not a multiple of the beam width gets past no layer: the CRD's CEL
+        // refuses it at admission, and validation (for objects written before the rule) too.
+        let se = endpoint(
+            "metadata: {name: bs, namespace: team}\nspec: {model: {name: m, provider: openai-compatible, endpoint: 'http://vllm:8000/v1'}, algorithm: {name: beam-search, beamWidth: 3, maxBudget: 16}, reward: {model: prm, endpoint: 'http://prm:8000'}}",
+        );
+        let p = validate(&se, &Secrets::new()).unwrap().unwrap_err();
+        assert_eq!(p.reason, "InvalidConfig");
+        assert!(p.message.contains("beam_width"), "{}", p.message);
     }
 }

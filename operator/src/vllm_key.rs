@@ -1,5 +1,6 @@
-//! vLLM's API key: a random key in a Secret the operator owns (`<name>-vllm-key`), created once
-//! and never changed by the operator. Rotating it is a deliberate act: delete the Secret (the
+//! The API keys of the in-cluster vLLM servers: a random key in a Secret the operator owns
+//! (`<name>-vllm-key` for the generator, `<name>-prm-key` for the process reward model), created
+//! once and never changed by the operator. Rotating it is a deliberate act: delete the Secret (the
 //! operator creates a new one) and restart vLLM and the workers (docs/operations.md).
 
 use std::io::Read;
@@ -8,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
 
-use crate::build::vllm;
+use crate::build::vllm::{self, VllmRole};
 use crate::crd::ScalingEndpoint;
 use crate::digest;
 use crate::error::{Error, Result};
@@ -33,14 +34,15 @@ pub enum KeyState {
     Exists,
 }
 
-/// Makes sure the key Secret of `se` exists. An existing Secret of that name that this endpoint
-/// does not control is a `ChildConflict`: it is neither used nor touched.
+/// Makes sure the key Secret of one of `se`'s vLLM servers exists. An existing Secret of that
+/// name that this endpoint does not control is a `ChildConflict`: it is neither used nor touched.
 pub async fn ensure(
     client: &Client,
     se: &ScalingEndpoint,
     names: &Names,
+    role: VllmRole,
 ) -> Result<Result<KeyState, Problem>> {
-    let name = names.vllm_key();
+    let name = role.key_secret_name(names);
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     if let Some(existing) = api.get_metadata_opt(&name).await? {
         let uid = se.metadata.uid.as_deref();
@@ -66,7 +68,7 @@ pub async fn ensure(
         .ok_or(Error::MissingObjectKey("uid"))?;
     owner.block_owner_deletion = Some(true);
     let key = random_key().map_err(Error::RandomKey)?;
-    let secret = vllm::key_secret(names, &owner, key);
+    let secret = vllm::key_secret(names, &owner, role, key);
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => Ok(Ok(KeyState::Created)),
         // Created meanwhile (another reconcile of a restarted operator): check it next time.

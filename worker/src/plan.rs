@@ -138,6 +138,20 @@ pub fn choose_algorithm(
         "algorithm.adaptive",
     )?;
     let algorithm = requested.name.unwrap_or(defaults.algorithm);
+    // Step-wise search and a PRM are set up per endpoint (rm_endpoint, step tokens, beam width);
+    // a request may not switch into or out of it.
+    if algorithm != defaults.algorithm
+        && (algorithm.is_stepwise() || defaults.algorithm.is_stepwise())
+    {
+        return Err(OverrideError::new(
+            "algorithm.name",
+            format!(
+                "this endpoint runs {}; a request cannot switch to {} (step-wise search is configured per endpoint)",
+                defaults.algorithm.as_str(),
+                algorithm.as_str()
+            ),
+        ));
+    }
     if requested.name == Some(AlgorithmName::BestOfN) && !defaults.has_judge {
         return Err(OverrideError::new(
             "algorithm.name",
@@ -162,7 +176,9 @@ pub fn choose_algorithm(
             .as_ref()
             .or(defaults.adaptive)
             .map(|a| adaptive_policy(a, budget)),
-        AlgorithmName::BestOfN => None,
+        AlgorithmName::BestOfN | AlgorithmName::ParticleFiltering | AlgorithmName::BeamSearch => {
+            None
+        }
     };
     Ok(AlgorithmChoice {
         algorithm,

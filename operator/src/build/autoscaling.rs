@@ -42,7 +42,8 @@ pub fn hpa(names: &Names, owner: &OwnerReference, a: &AutoscalingSpec) -> Horizo
     }
 }
 
-fn pdb(
+/// A PDB that lets one pod of a component go at a time.
+pub(super) fn pdb(
     name: String,
     names: &Names,
     owner: &OwnerReference,

@@ -6,6 +6,7 @@
 
 pub mod autoscaling;
 pub mod config_map;
+pub mod reward;
 pub mod service;
 pub mod service_monitor;
 pub mod vllm;
@@ -64,13 +65,16 @@ pub fn default_worker_image() -> String {
 pub enum Component {
     Worker,
     ModelServer,
+    /// The in-cluster process reward model (`spec.reward.vllm`).
+    RewardModel,
 }
 
 impl Component {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Component::Worker => "worker",
             Component::ModelServer => "model-server",
+            Component::RewardModel => "reward-model",
         }
     }
 
@@ -78,6 +82,7 @@ impl Component {
         match self {
             Component::Worker => "inferscale-worker",
             Component::ModelServer => "inferscale-vllm",
+            Component::RewardModel => "inferscale-prm",
         }
     }
 }
@@ -178,6 +183,8 @@ pub struct Children {
     pub vllm_deployment: Option<Deployment>,
     pub vllm_service: Option<Service>,
     pub vllm_pdb: Option<PodDisruptionBudget>,
+    /// The in-cluster process reward model (`spec.reward.vllm`).
+    pub reward: Option<reward::RewardServer>,
     pub service_monitor: Option<DynamicObject>,
 }
 
@@ -215,8 +222,20 @@ pub fn build(
             .as_ref()
             .map(|a| autoscaling::hpa(&names, &owner, a)),
         worker_pdb: autoscaling::worker_pdb(&names, &owner, &spec.worker),
-        vllm_deployment: vllm.map(|v| vllm::deployment(&names, &owner, &spec.model.name, v)),
-        vllm_service: vllm.map(|_| service::vllm(&names, &owner)),
+        vllm_deployment: vllm.map(|v| {
+            vllm::deployment(
+                &names,
+                &owner,
+                vllm::VllmRole::Generator,
+                &spec.model.name,
+                v,
+            )
+        }),
+        vllm_service: vllm.map(|_| service::vllm(&names, &owner, vllm::VllmRole::Generator)),
+        reward: spec
+            .reward
+            .as_ref()
+            .and_then(|r| reward::server(&names, &owner, r)),
         vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
         service_monitor: sm_enabled.then(|| {
             service_monitor::build(

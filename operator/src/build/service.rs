@@ -1,9 +1,11 @@
-//! Services: the workers' (port `http`, the OpenAI API and `/metrics`) and vLLM's.
+//! Services: the workers' (port `http`, the OpenAI API and `/metrics`) and those of the vLLM
+//! servers (the generator's and the process reward model's).
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec as K8sServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::vllm::VllmRole;
 use super::{Component, child_meta, selector_labels};
 use crate::crd::ServiceSpec;
 use crate::layout::{Names, VLLM_PORT};
@@ -32,12 +34,13 @@ pub fn worker(names: &Names, owner: &OwnerReference, spec: &ServiceSpec) -> Serv
     }
 }
 
-pub fn vllm(names: &Names, owner: &OwnerReference) -> Service {
+/// The Service of one of the endpoint's vLLM servers (the generator's or the PRM's).
+pub fn vllm(names: &Names, owner: &OwnerReference, role: VllmRole) -> Service {
     Service {
-        metadata: child_meta(names.vllm(), names, Component::ModelServer, owner),
+        metadata: child_meta(role.name(names), names, role.component(), owner),
         spec: Some(K8sServiceSpec {
             type_: Some("ClusterIP".to_owned()),
-            selector: Some(selector_labels(names, Component::ModelServer)),
+            selector: Some(selector_labels(names, role.component())),
             ports: Some(vec![http_port(VLLM_PORT)]),
             ..K8sServiceSpec::default()
         }),

@@ -48,11 +48,56 @@ const PROBE_TIMEOUT_SECONDS: i32 = 5;
 /// and pulling the (large) vLLM image happen before the startup probe starts counting.
 const PROGRESS_MARGIN_SECONDS: i32 = 600;
 
-/// The Secret holding vLLM's API key. Created once by the operator with a random `key` and never
-/// changed by it (see [`crate::vllm_key`]).
-pub fn key_secret(names: &Names, owner: &OwnerReference, key: String) -> Secret {
+/// Which of an endpoint's vLLM servers an object belongs to: both are built from a [`VllmSpec`]
+/// the same way and differ only in name, labels, key Secret and how vLLM runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VllmRole {
+    /// The model the workers generate candidates with (`spec.vllm`, `<name>-vllm`).
+    Generator,
+    /// The process reward model that scores steps (`spec.reward.vllm`, `<name>-prm`).
+    RewardModel,
+}
+
+impl VllmRole {
+    /// Name of the Deployment and Service.
+    pub fn name(self, names: &Names) -> String {
+        match self {
+            VllmRole::Generator => names.vllm(),
+            VllmRole::RewardModel => names.prm(),
+        }
+    }
+
+    /// Name of the Secret holding the server's API key.
+    pub fn key_secret_name(self, names: &Names) -> String {
+        match self {
+            VllmRole::Generator => names.vllm_key(),
+            VllmRole::RewardModel => names.prm_key(),
+        }
+    }
+
+    pub fn component(self) -> Component {
+        match self {
+            VllmRole::Generator => Component::ModelServer,
+            VllmRole::RewardModel => Component::RewardModel,
+        }
+    }
+
+    /// Arguments that make vLLM serve the model in this role. A process reward model runs on the
+    /// pooling runner (vLLM v0.11.0's `--runner pooling`), which serves `/pooling` instead of
+    /// generating text.
+    fn runner_args(self) -> &'static [&'static str] {
+        match self {
+            VllmRole::Generator => &[],
+            VllmRole::RewardModel => &["--runner", "pooling"],
+        }
+    }
+}
+
+/// The Secret holding a vLLM server's API key. Created once by the operator with a random `key`
+/// and never changed by it (see [`crate::vllm_key`]).
+pub fn key_secret(names: &Names, owner: &OwnerReference, role: VllmRole, key: String) -> Secret {
     Secret {
-        metadata: child_meta(names.vllm_key(), names, Component::ModelServer, owner),
+        metadata: child_meta(role.key_secret_name(names), names, role.component(), owner),
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
             VLLM_API_KEY_KEY.to_owned(),
@@ -103,12 +148,15 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
+/// The Deployment of one vLLM server of the endpoint, serving `v.model` as `served_model_name`.
 pub fn deployment(
     names: &Names,
     owner: &OwnerReference,
+    role: VllmRole,
     served_model_name: &str,
     v: &VllmSpec,
 ) -> Deployment {
+    let component = role.component();
     // The positional model works with both `vllm serve` and the older api_server entrypoint.
     let mut args = vec![
         v.model.clone(),
@@ -125,6 +173,10 @@ pub fn deployment(
     if v.gpus > 1 && !sets_tensor_parallel(user_args) {
         args.push(format!("--tensor-parallel-size={}", v.gpus));
     }
+    // The user's own `--runner` wins (as with the tensor-parallel size), and is not doubled.
+    if !sets_flag(user_args, &["--runner"]) {
+        args.extend(role.runner_args().iter().map(|a| (*a).to_owned()));
+    }
     args.extend(user_args.iter().cloned());
 
     let mut env = vec![
@@ -139,7 +191,7 @@ pub fn deployment(
             value: None,
             value_from: Some(EnvVarSource {
                 secret_key_ref: Some(SecretKeySelector {
-                    name: names.vllm_key(),
+                    name: role.key_secret_name(names),
                     key: VLLM_API_KEY_KEY.to_owned(),
                     optional: Some(false),
                 }),
@@ -255,10 +307,10 @@ pub fn deployment(
     };
 
     Deployment {
-        metadata: child_meta(names.vllm(), names, Component::ModelServer, owner),
+        metadata: child_meta(role.name(names), names, component, owner),
         spec: Some(DeploymentSpec {
             replicas: Some(v.replicas),
-            selector: label_selector(names, Component::ModelServer),
+            selector: label_selector(names, component),
             revision_history_limit: Some(3),
             // The default 600s would mark a rollout failed while a large model is still loading.
             progress_deadline_seconds: Some(progress_deadline_seconds(&startup)),
@@ -268,12 +320,7 @@ pub fn deployment(
                 rolling_update: None,
             }),
             template: PodTemplateSpec {
-                metadata: Some(pod_template_meta(
-                    names,
-                    Component::ModelServer,
-                    &v.pod,
-                    BTreeMap::new(),
-                )),
+                metadata: Some(pod_template_meta(names, component, &v.pod, BTreeMap::new())),
                 spec: Some(with_pod_settings(pod_spec, &v.pod)),
             },
             ..DeploymentSpec::default()
@@ -285,9 +332,14 @@ pub fn deployment(
 /// Whether the user's vLLM arguments already choose the tensor-parallel size (`--flag v` or
 /// `--flag=v`, long or short form).
 fn sets_tensor_parallel(args: &[String]) -> bool {
+    sets_flag(args, &["--tensor-parallel-size", "-tp"])
+}
+
+/// Whether the user's vLLM arguments set one of `flags` (`--flag v` or `--flag=v`).
+fn sets_flag(args: &[String], flags: &[&str]) -> bool {
     args.iter().any(|a| {
         let flag = a.split_once('=').map_or(a.as_str(), |(flag, _)| flag);
-        flag == "--tensor-parallel-size" || flag == "-tp"
+        flags.contains(&flag)
     })
 }
 
@@ -643,7 +695,7 @@ spec:
         );
         let names = Names::of(&se).unwrap();
         let owner = se.controller_owner_ref(&()).unwrap();
-        let s = key_secret(&names, &owner, "k".repeat(64));
+        let s = key_secret(&names, &owner, VllmRole::Generator, "k".repeat(64));
         assert_eq!(s.metadata.name.as_deref(), Some("local-vllm-key"));
         assert_eq!(
             s.metadata.owner_references.unwrap()[0].controller,

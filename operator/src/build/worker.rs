@@ -70,10 +70,20 @@ pub fn build(
             ..VolumeMount::default()
         },
     ];
-    // With vLLM the workers also read vLLM's API key (their upstream key) from its Secret.
+    // With vLLM the workers also read vLLM's API key (their upstream key) from its Secret, and
+    // with an in-cluster PRM the PRM's key.
     let vllm_key = spec.vllm.as_ref().map(|_| names.vllm_key());
-    let secrets: std::collections::BTreeSet<&String> =
-        resolved.worker_secrets.iter().chain(&vllm_key).collect();
+    let prm_key = spec
+        .reward
+        .as_ref()
+        .and_then(|r| r.vllm.as_ref())
+        .map(|_| names.prm_key());
+    let secrets: std::collections::BTreeSet<&String> = resolved
+        .worker_secrets
+        .iter()
+        .chain(&vllm_key)
+        .chain(&prm_key)
+        .collect();
     for secret in secrets {
         let volume = secret_volume_name(secret);
         // The whole Secret, no subPath: the kubelet then swaps rotated values in place and the

@@ -1,7 +1,11 @@
 //! The algorithm block (`spec.algorithm`) and the judge of best-of-n (`spec.judge`).
 
+use inferscale_worker::config::stepwise::{
+    MAX_CALLS_LIMIT, MAX_STEP_TOKENS_LIMIT, MAX_STEPS_LIMIT,
+};
 use inferscale_worker::config::{
-    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, ToolVote,
+    AdaptiveRuleName, AlgorithmName, DEFAULT_MAX_BUDGET, JudgeMode, MAX_BUDGET_LIMIT, Resampling,
+    Selection, ToolVote,
 };
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -31,10 +35,33 @@ fn default_max_budget() -> Option<i32> {
     validation = Rule::new(format!("!has(self.adaptive) || !has(self.adaptive.minSamples) || self.adaptive.minSamples <= (has(self.maxBudget) ? self.maxBudget : {DEFAULT_MAX_BUDGET})"))
         .message("adaptive.minSamples must not exceed maxBudget")
 )]
+#[x_kube(
+    validation = Rule::new("self.name != 'self-consistency' || (!has(self.stepToken) && !has(self.stopToken) && !has(self.maxSteps) && !has(self.maxStepTokens) && !has(self.maxCalls))")
+        .message("stepToken, stopToken, maxSteps, maxStepTokens and maxCalls are only valid with algorithm particle-filtering, beam-search or best-of-n")
+)]
+#[x_kube(
+    validation = Rule::new("self.name == 'beam-search' || !has(self.beamWidth)")
+        .message("beamWidth is only valid with algorithm beam-search")
+)]
+#[x_kube(
+    validation = Rule::new("self.name != 'beam-search' || has(self.beamWidth)")
+        .message("algorithm beam-search needs beamWidth: the partial answers kept per step")
+        .reason(Reason::FieldValueRequired)
+)]
+#[x_kube(
+    validation = Rule::new("self.name == 'particle-filtering' || (!has(self.resampling) && !has(self.selection))")
+        .message("resampling and selection are only valid with algorithm particle-filtering")
+)]
+#[x_kube(
+    validation = Rule::new(format!("!has(self.beamWidth) || ((has(self.maxBudget) ? self.maxBudget : {DEFAULT_MAX_BUDGET}) % self.beamWidth == 0 && (!has(self.defaultBudget) || self.defaultBudget % self.beamWidth == 0))"))
+        .message("beam-search expands each of beamWidth beams budget/beamWidth times: maxBudget and defaultBudget must be multiples of beamWidth")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct AlgorithmSpec {
-    /// `self-consistency` (majority vote over answers or tool calls) or `best-of-n` (an LLM judge
-    /// picks the best candidate).
+    /// `self-consistency` (majority vote over answers or tool calls), `best-of-n` (an LLM judge or
+    /// a process reward model picks the best candidate), `particle-filtering` (budget = particles
+    /// extended step by step, scored by the PRM and resampled) or `beam-search` (the best
+    /// beamWidth partial answers kept per step). The last two need spec.reward.
     pub name: AlgorithmName,
     /// How tool-call candidates are voted on (self-consistency only): `tool_name`, `tool_args`,
     /// `tool_hierarchical` or `tool_flat_all`.
@@ -66,6 +93,44 @@ pub struct AlgorithmSpec {
     /// `name`, `toolVote`, `adaptive` (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_override: Option<Vec<RequestOverrideKey>>,
+    /// Step-wise search: the text that ends a reasoning step (default a blank line, `"\n\n"`).
+    /// Each generation call stops there, and the PRM scores the answer step by step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self != ''").message("stepToken must not be empty"))]
+    #[schemars(length(max = 64))]
+    pub step_token: Option<String>,
+    /// Step-wise search: a step containing this text finishes its answer (e.g. `\boxed`). Unset:
+    /// an answer finishes when the model stops on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self != ''").message("stopToken must not be empty"))]
+    #[schemars(length(max = 64))]
+    pub stop_token: Option<String>,
+    /// Step-wise search: most steps of one answer (1 to 256, default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_STEPS_LIMIT))]
+    pub max_steps: Option<i32>,
+    /// Step-wise search: most tokens one step may generate (1 to 32768, default 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_STEP_TOKENS_LIMIT))]
+    pub max_step_tokens: Option<i32>,
+    /// Beam search: partial answers kept after each step. The budget must be a multiple of it; each
+    /// beam is expanded budget/beamWidth times per step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_BUDGET_LIMIT))]
+    pub beam_width: Option<i32>,
+    /// Particle filtering: how particles are resampled from their weights after each step,
+    /// `multinomial` or `systematic` (lower variance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resampling: Option<Resampling>,
+    /// Particle filtering: which finished particle answers, `argmax` (the highest weight) or
+    /// `sample` (drawn by weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// Step-wise search: most generation calls one request may make (default maxBudget x
+    /// maxSteps; the PRM is called at most once per step more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_CALLS_LIMIT))]
+    pub max_calls: Option<i32>,
 }
 
 /// Adaptive self-consistency settings.

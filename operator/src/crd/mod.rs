@@ -8,11 +8,13 @@
 
 mod algorithm;
 mod pod;
+mod reward;
 mod vllm;
 mod worker;
 
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
 pub use pod::PodSettings;
+pub use reward::RewardSpec;
 pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
 pub use worker::{AutoscalingSpec, WorkerSpec};
 
@@ -32,8 +34,9 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
 
 /// An OpenAI-compatible endpoint that spends a budget of N upstream calls per request and returns
-/// the best answer (self-consistency voting or best-of-n with an LLM judge). The operator runs
-/// workers for it, a Service at `status.url`, and optionally an in-cluster vLLM model server.
+/// the best answer (self-consistency voting, best-of-n with an LLM judge or a process reward
+/// model, or step-wise search guided by a process reward model). The operator runs workers for
+/// it, a Service at `status.url`, and optionally in-cluster vLLM servers for the model and the PRM.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "inferscale.dev",
@@ -45,7 +48,7 @@ pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
     namespaced,
     status = "ScalingEndpointStatus",
     derive = "PartialEq",
-    doc = "ScalingEndpoint is an OpenAI-compatible inference-time-scaling endpoint: workers that spend a budget of N upstream calls per request (self-consistency or best-of-n with an LLM judge), their Service, and optionally an in-cluster vLLM model server.",
+    doc = "ScalingEndpoint is an OpenAI-compatible inference-time-scaling endpoint: workers that spend a budget of N upstream calls per request (self-consistency, best-of-n with an LLM judge or a process reward model, particle filtering or beam search), their Service, and optionally in-cluster vLLM servers for the model and the process reward model.",
     scale(
         spec_replicas_path = ".spec.worker.replicas",
         status_replicas_path = ".status.replicas",
@@ -60,15 +63,28 @@ pub const DEFAULT_VLLM_IMAGE: &str = "vllm/vllm-openai:v0.11.0";
     ),
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    // Child names are `<name>` and `<name>-vllm` Services, which must be DNS-1035 labels: reject
+    // Child names are `<name>`, `<name>-vllm` and `<name>-prm` Services, which must be DNS-1035 labels: reject
     // names that would fail later, at admission, where the user sees it.
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 58")
-        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) of at most 58 characters, so that the <name>-vllm Service name fits")
+        .message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter) of at most 58 characters, so that the <name>-vllm and <name>-prm Service names fit")
         .reason(Reason::FieldValueInvalid)
 )]
 #[x_kube(
-    validation = Rule::new("self.algorithm.name != 'best-of-n' || has(self.judge)")
-        .message("algorithm best-of-n needs a judge: set spec.judge")
+    validation = Rule::new("self.algorithm.name != 'best-of-n' || has(self.judge) || has(self.reward)")
+        .message("algorithm best-of-n needs a judge or a reward model: set spec.judge or spec.reward")
+        .reason(Reason::FieldValueRequired)
+)]
+#[x_kube(
+    validation = Rule::new("self.algorithm.name != 'best-of-n' || !has(self.judge) || !has(self.reward)")
+        .message("algorithm best-of-n picks with either spec.judge (an LLM judge) or spec.reward (a process reward model), not both")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.reward) || self.algorithm.name != 'self-consistency'")
+        .message("spec.reward is only used by algorithm particle-filtering, beam-search or best-of-n")
+)]
+#[x_kube(
+    validation = Rule::new("!(self.algorithm.name in ['particle-filtering', 'beam-search']) || has(self.reward)")
+        .message("algorithm particle-filtering and beam-search need a process reward model: set spec.reward")
         .reason(Reason::FieldValueRequired)
 )]
 #[x_kube(
@@ -89,6 +105,11 @@ pub struct ScalingEndpointSpec {
     /// and `model.name` is the name vLLM serves the model under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vllm: Option<VllmSpec>,
+    /// The process reward model that scores partial answers step by step (particle filtering,
+    /// beam search, PRM-scored best-of-n): an existing server or one the operator serves with
+    /// vLLM on GPU nodes (`<name>-prm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<RewardSpec>,
     /// The worker Deployment.
     #[serde(default)]
     pub worker: WorkerSpec,
@@ -264,8 +285,8 @@ pub struct ServiceMonitorSpec {
 }
 
 /// What the operator observed. Conditions: `Ready` (the endpoint serves the current spec),
-/// `ConfigValid`, `WorkersAvailable`, `ModelServerAvailable` (with vllm) and `ServiceMonitorReady`
-/// (when enabled).
+/// `ConfigValid`, `WorkersAvailable`, `ModelServerAvailable` (with vllm), `RewardModelAvailable`
+/// (with reward) and `ServiceMonitorReady` (when enabled).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingEndpointStatus {
@@ -287,6 +308,9 @@ pub struct ScalingEndpointStatus {
     /// Desired and ready vLLM pods (when vllm is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_server: Option<ReplicaCounts>,
+    /// Desired and ready pods of the in-cluster process reward model (when reward.vllm is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<ReplicaCounts>,
     /// sha256 of the worker configuration and referenced Secret data the workers run with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,

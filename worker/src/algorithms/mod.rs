@@ -11,6 +11,7 @@
 pub mod adaptive;
 pub mod best_of_n;
 pub mod early;
+pub mod stepwise;
 pub mod vote;
 
 use std::sync::Arc;
