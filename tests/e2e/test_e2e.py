@@ -38,6 +38,7 @@ EXAMPLES = {
     "openai-best-of-n.yaml": "openai-bon",
     "bedrock.yaml": "bedrock-claude",
     "vllm-gpu.yaml": "qwen-local",
+    "prm-gpu.yaml": "qwen-math",
 }
 UPSTREAM_KEY = "sk-e2e-from-the-secret"
 # What the e2e learned, for later tests (the worker's metrics, for the dashboard test).
@@ -236,6 +237,11 @@ def test_every_example_reconciles(operator):
     assert kj("-n", EX_NS, "get", "servicemonitor", "openai-bon")["metadata"]["ownerReferences"][0]["name"] == "openai-bon"
     pods = kj("-n", EX_NS, "get", "pods", "-l", "app.kubernetes.io/instance=qwen-local,app.kubernetes.io/component=model-server")
     assert {p["spec"]["nodeName"] for p in pods["items"]} <= {"gpu-0", "gpu-1"} and pods["items"]
+    # The guide's layout: the process reward model is served by its own vLLM on a GPU node.
+    math = kj("-n", EX_NS, "get", "scalingendpoint", "qwen-math")
+    assert condition(math, "RewardModelAvailable")["status"] == "True", math["status"]
+    prm = kj("-n", EX_NS, "get", "pods", "-l", "app.kubernetes.io/instance=qwen-math,app.kubernetes.io/component=reward-model")
+    assert prm["items"] and {p["spec"]["nodeName"] for p in prm["items"]} <= {"gpu-0", "gpu-1"}, prm["items"]
     events = kj("-n", EX_NS, "get", "events.events.k8s.io", "--field-selector", "regarding.name=openai-sc")
     assert any(e["reason"] == "Created" for e in events["items"]), "no Created Event: events.k8s.io create failed"
     no_forbidden(operator["proc"])
