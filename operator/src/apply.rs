@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-use crate::build::{Children, FIELD_MANAGER, service_monitor};
+use crate::build::{Children, FIELD_MANAGER, pvc, service_monitor};
 use crate::crd::ScalingEndpoint;
 use crate::digest;
 use crate::error::{Error, Result, is_not_found};
@@ -88,6 +88,7 @@ pub struct Stores {
     pub services: Store<k8s_openapi::api::core::v1::Service>,
     pub hpas: Store<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
     pub pdbs: Store<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    pub pvcs: Store<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
 }
 
 impl Stores {
@@ -114,6 +115,10 @@ impl Stores {
             .wait_until_ready()
             .await
             .map_err(err("PodDisruptionBudget"))?;
+        self.pvcs
+            .wait_until_ready()
+            .await
+            .map_err(err("PersistentVolumeClaim"))?;
         Ok(())
     }
 
@@ -133,6 +138,7 @@ impl Stores {
                 .is_some(),
             "HorizontalPodAutoscaler" => self.hpas.get(&ObjectRef::new(name).within(ns)).is_some(),
             "PodDisruptionBudget" => self.pdbs.get(&ObjectRef::new(name).within(ns)).is_some(),
+            "PersistentVolumeClaim" => self.pvcs.get(&ObjectRef::new(name).within(ns)).is_some(),
             _ => false,
         }
     }
@@ -269,9 +275,21 @@ impl Applier {
                     self.event(se, EventType::Normal, "Created", note).await;
                 }
                 try_apply!(self.apply_child(se, &s.services, svc));
+                // The cache claim before the pods that mount it.
+                match children.vllm_cache_pvc {
+                    Some(claim) => {
+                        try_apply!(self.apply_child(se, &s.pvcs, claim));
+                    }
+                    None => {
+                        self.delete_child(se, &s.pvcs, ns, &pvc::claim_name(names))
+                            .await?
+                    }
+                }
                 Some(try_apply!(self.apply_child(se, &s.deployments, d)))
             }
             _ => {
+                self.delete_child(se, &s.pvcs, ns, &pvc::claim_name(names))
+                    .await?;
                 self.delete_child(se, &s.deployments, ns, &names.vllm())
                     .await?;
                 self.delete_child(se, &s.services, ns, &names.vllm())

@@ -6,6 +6,7 @@
 
 pub mod autoscaling;
 pub mod config_map;
+pub mod pvc;
 pub mod service;
 pub mod service_monitor;
 pub mod vllm;
@@ -15,7 +16,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LocalObjectReference, PodSpec, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LocalObjectReference, PersistentVolumeClaim, PodSpec, Service,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -178,6 +181,8 @@ pub struct Children {
     pub vllm_deployment: Option<Deployment>,
     pub vllm_service: Option<Service>,
     pub vllm_pdb: Option<PodDisruptionBudget>,
+    /// The model-cache claim of `vllm.cache.pvc`.
+    pub vllm_cache_pvc: Option<PersistentVolumeClaim>,
     pub service_monitor: Option<DynamicObject>,
 }
 
@@ -218,6 +223,7 @@ pub fn build(
         vllm_deployment: vllm.map(|v| vllm::deployment(&names, &owner, &spec.model.name, v)),
         vllm_service: vllm.map(|_| service::vllm(&names, &owner)),
         vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
+        vllm_cache_pvc: vllm.and_then(|v| pvc::cache_claim(&names, &owner, v)),
         service_monitor: sm_enabled.then(|| {
             service_monitor::build(
                 &names,

@@ -13,7 +13,7 @@ mod worker;
 
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
 pub use pod::PodSettings;
-pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
+pub use vllm::{CacheAccessMode, CachePvc, ProbeTiming, VllmCache, VllmProbes, VllmSpec};
 pub use worker::{AutoscalingSpec, WorkerSpec};
 
 use inferscale_worker::config::ProviderKind;

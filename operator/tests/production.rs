@@ -1,0 +1,198 @@
+//! What a production cluster needs beyond the pod settings of tests/gpu.rs, asserted on the live
+//! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
+//! ReadWriteOnce claim shared by several vLLM pods). Needs a cluster, like tests/k8s.rs:
+//!
+//!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
+//!     cargo test -p inferscale-operator --test production
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use inferscale_operator::crd::ScalingEndpoint;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn get_eventually<K>(api: &Api<K>, name: &str) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    eventually(&format!("{name} to exist"), CHANGE_TIMEOUT, || {
+        let api = api.clone();
+        async move {
+            api.get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not created yet".to_owned())
+        }
+    })
+    .await
+}
+
+fn endpoint(name: &str, spec: serde_json::Value) -> ScalingEndpoint {
+    serde_json::from_value(json!({
+        "apiVersion": "inferscale.dev/v1alpha1", "kind": "ScalingEndpoint",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .expect("a ScalingEndpoint")
+}
+
+#[tokio::test]
+async fn cache_pvc_is_created_owned_mounted_and_removed_with_the_spec() {
+    if !enabled("cache_pvc_is_created_owned_mounted_and_removed_with_the_spec") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "pvc").await;
+    let _op = Operator::start(&ns.name);
+    let endpoints: Api<ScalingEndpoint> = ns.api();
+    let spec = json!({
+        "model": {"name": "qwen"}, "algorithm": {"name": "self-consistency"},
+        "vllm": {"model": "Qwen/Qwen2.5-7B-Instruct", "replicas": 2,
+                 "cache": {"pvc": {"size": "200Gi", "storageClassName": "shared-fs",
+                                   "accessModes": ["ReadWriteMany"]}}},
+    });
+    let se = endpoints
+        .create(&PostParams::default(), &endpoint("cached", spec))
+        .await
+        .expect("a ReadWriteMany cache with 2 replicas is accepted");
+
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let claim = get_eventually(&claims, "cached-vllm-cache").await;
+    let owner = &claim.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(owner.kind, "ScalingEndpoint");
+    assert_eq!(Some(owner.uid.as_str()), se.metadata.uid.as_deref());
+    assert_eq!(owner.controller, Some(true));
+    let claim_spec = claim.spec.expect("a claim has a spec");
+    assert_eq!(claim_spec.storage_class_name.as_deref(), Some("shared-fs"));
+    assert_eq!(
+        claim_spec.access_modes.unwrap_or_default(),
+        ["ReadWriteMany"]
+    );
+    let size = claim_spec
+        .resources
+        .and_then(|r| r.requests)
+        .expect("requests")["storage"]
+        .clone();
+    assert_eq!(size.0, "200Gi");
+
+    // vLLM mounts that claim as its HF_HOME.
+    let deployments: Api<Deployment> = ns.api();
+    let vllm = get_eventually(&deployments, "cached-vllm").await;
+    let pod = vllm.spec.and_then(|s| s.template.spec).expect("pod spec");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cache")
+        .and_then(|v| v.persistent_volume_claim.clone())
+        .expect("the cache volume is a claim");
+    assert_eq!(volume.claim_name, "cached-vllm-cache");
+    let ctr = &pod.containers[0];
+    let mount = ctr
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "cache");
+    let hf_home = ctr.env.iter().flatten().find(|e| e.name == "HF_HOME");
+    assert_eq!(
+        mount.map(|m| m.mount_path.clone()),
+        hf_home.and_then(|e| e.value.clone())
+    );
+
+    // Switching to an emptyDir cache deletes the claim the operator owns.
+    endpoints
+        .patch(
+            "cached",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"vllm": {"cache": {"pvc": null, "emptyDirSize": "50Gi"}}}}),
+            ),
+        )
+        .await
+        .expect("spec changed");
+    eventually("the claim to be deleted", CHANGE_TIMEOUT, || {
+        let claims = claims.clone();
+        async move {
+            match claims
+                .get_opt("cached-vllm-cache")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                // The pvc-protection finalizer keeps it until no pod uses it: being deleted counts.
+                Some(c) if c.metadata.deletion_timestamp.is_none() => Err("still there".to_owned()),
+                _ => Ok(()),
+            }
+        }
+    })
+    .await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn read_write_once_cache_with_two_vllm_replicas_is_refused() {
+    if !enabled("read_write_once_cache_with_two_vllm_replicas_is_refused") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "pvc-cel").await;
+    let api: Api<ScalingEndpoint> = ns.api();
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let spec = |replicas: i32, modes: serde_json::Value| {
+        let mut pvc = json!({"size": "100Gi"});
+        if !modes.is_null() {
+            pvc["accessModes"] = modes;
+        }
+        json!({"model": {"name": "m"}, "algorithm": {"name": "self-consistency"},
+               "vllm": {"model": "q", "replicas": replicas, "cache": {"pvc": pvc}}})
+    };
+    for (case, s) in [
+        ("explicit ReadWriteOnce", spec(2, json!(["ReadWriteOnce"]))),
+        ("default access mode", spec(2, serde_json::Value::Null)),
+    ] {
+        match api.create(&dry, &endpoint("bad", s)).await {
+            Err(kube::Error::Api(e))
+                if e.code == 422
+                    && e.message.contains("spec.vllm.cache.pvc.accessModes")
+                    && e.message.contains(
+                        "vllm.cache.pvc.accessModes must include ReadWriteMany when vllm.replicas > 1",
+                    ) => {}
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+    for (case, s) in [
+        (
+            "one replica, default mode",
+            spec(1, serde_json::Value::Null),
+        ),
+        (
+            "two replicas, ReadWriteMany",
+            spec(2, json!(["ReadWriteMany"])),
+        ),
+    ] {
+        api.create(&dry, &endpoint("good", s))
+            .await
+            .unwrap_or_else(|e| panic!("{case} is accepted: {e}"));
+    }
+    // Two cache kinds at once are refused, naming all three.
+    let both = json!({"model": {"name": "m"}, "algorithm": {"name": "self-consistency"},
+        "vllm": {"model": "q", "cache": {"persistentVolumeClaim": "p", "pvc": {"size": "1Gi"}}}});
+    match api.create(&dry, &endpoint("bad", both)).await {
+        Err(kube::Error::Api(e))
+            if e.message.contains(
+                "vllm.cache needs exactly one of persistentVolumeClaim, emptyDirSize or pvc",
+            ) => {}
+        other => panic!("two cache kinds: {other:?}"),
+    }
+    ns.delete().await;
+}
