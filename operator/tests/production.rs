@@ -1,6 +1,6 @@
 //! What a production cluster needs beyond the pod settings of tests/gpu.rs, asserted on the live
 //! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
-//! ReadWriteOnce claim shared by several vLLM pods). Needs a cluster, like tests/k8s.rs:
+//! ReadWriteOnce claim shared by several vLLM pods), and the HPA on requests in flight. Needs a cluster, like tests/k8s.rs:
 //!
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test -p inferscale-operator --test production
@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::*;
 use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -193,6 +194,85 @@ async fn read_write_once_cache_with_two_vllm_replicas_is_refused() {
                 "vllm.cache needs exactly one of persistentVolumeClaim, emptyDirSize or pvc",
             ) => {}
         other => panic!("two cache kinds: {other:?}"),
+    }
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn hpa_follows_requests_in_flight_when_asked() {
+    if !enabled("hpa_follows_requests_in_flight_when_asked") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "hpa").await;
+    let _op = Operator::start(&ns.name);
+    let endpoints: Api<ScalingEndpoint> = ns.api();
+    let spec = json!({
+        "model": {"name": "gpt-4o-mini"}, "algorithm": {"name": "self-consistency"},
+        "worker": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6,
+                                   "metric": "inflight", "targetInflightPerPod": 5}},
+    });
+    endpoints
+        .create(&PostParams::default(), &endpoint("busy", spec))
+        .await
+        .expect("created");
+    let hpas: Api<HorizontalPodAutoscaler> = ns.api();
+    let pods_metric = |h: &HorizontalPodAutoscaler| {
+        h.spec
+            .as_ref()
+            .and_then(|s| s.metrics.as_ref())
+            .and_then(|m| m.first())
+            .map(|m| (m.type_.clone(), m.pods.clone()))
+    };
+    let hpa = get_eventually(&hpas, "busy").await;
+    let (type_, pods) = pods_metric(&hpa).expect("one metric");
+    assert_eq!(type_, "Pods");
+    let pods = pods.expect("a Pods metric source");
+    assert_eq!(pods.metric.name, "inferscale_requests_in_flight");
+    assert_eq!(pods.target.type_, "AverageValue");
+    assert_eq!(pods.target.average_value.map(|q| q.0).as_deref(), Some("5"));
+    let target = hpa.spec.expect("spec").scale_target_ref;
+    assert_eq!(
+        (target.kind.as_str(), target.name.as_str()),
+        ("Deployment", "busy")
+    );
+
+    // Back to CPU: the same HPA now follows CPU utilization.
+    endpoints
+        .patch(
+            "busy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"worker": {"autoscaling": {"metric": "cpu", "targetInflightPerPod": null}}}})),
+        )
+        .await
+        .expect("spec changed");
+    eventually("the HPA to follow CPU", CHANGE_TIMEOUT, || {
+        let hpas = hpas.clone();
+        async move {
+            let h = hpas.get("busy").await.map_err(|e| e.to_string())?;
+            match pods_metric(&h) {
+                Some((t, _)) if t == "Resource" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // A target without the inflight metric is refused, naming the field.
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let bad = json!({"model": {"name": "m"}, "algorithm": {"name": "self-consistency"},
+        "worker": {"autoscaling": {"maxReplicas": 3, "targetInflightPerPod": 4}}});
+    match endpoints.create(&dry, &endpoint("bad", bad)).await {
+        Err(kube::Error::Api(e))
+            if e.code == 422
+                && e.message
+                    .contains("spec.worker.autoscaling.targetInflightPerPod")
+                && e.message.contains("only used with metric: inflight") => {}
+        other => panic!("targetInflightPerPod with cpu: {other:?}"),
     }
     ns.delete().await;
 }

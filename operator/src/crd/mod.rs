@@ -14,7 +14,7 @@ mod worker;
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
 pub use pod::PodSettings;
 pub use vllm::{CacheAccessMode, CachePvc, ProbeTiming, VllmCache, VllmProbes, VllmSpec};
-pub use worker::{AutoscalingSpec, WorkerSpec};
+pub use worker::{AutoscalingMetric, AutoscalingSpec, DEFAULT_INFLIGHT_TARGET, WorkerSpec};
 
 use inferscale_worker::config::ProviderKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
