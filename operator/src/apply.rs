@@ -89,6 +89,7 @@ pub struct Stores {
     pub hpas: Store<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
     pub pdbs: Store<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     pub pvcs: Store<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    pub network_policies: Store<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 impl Stores {
@@ -119,6 +120,10 @@ impl Stores {
             .wait_until_ready()
             .await
             .map_err(err("PersistentVolumeClaim"))?;
+        self.network_policies
+            .wait_until_ready()
+            .await
+            .map_err(err("NetworkPolicy"))?;
         Ok(())
     }
 
@@ -139,6 +144,10 @@ impl Stores {
             "HorizontalPodAutoscaler" => self.hpas.get(&ObjectRef::new(name).within(ns)).is_some(),
             "PodDisruptionBudget" => self.pdbs.get(&ObjectRef::new(name).within(ns)).is_some(),
             "PersistentVolumeClaim" => self.pvcs.get(&ObjectRef::new(name).within(ns)).is_some(),
+            "NetworkPolicy" => self
+                .network_policies
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some(),
             _ => false,
         }
     }
@@ -267,6 +276,21 @@ impl Applier {
         // The ConfigMap first: new pods must never start with an old or missing config.
         try_apply!(self.apply_child(se, &s.config_maps, children.config_map));
         try_apply!(self.apply_child(se, &s.services, children.worker_service));
+        // Policies before the pods they guard.
+        for (policy, name) in [
+            (children.worker_network_policy, names.worker()),
+            (children.vllm_network_policy, names.vllm()),
+        ] {
+            match policy {
+                Some(p) => {
+                    try_apply!(self.apply_child(se, &s.network_policies, p));
+                }
+                None => {
+                    self.delete_child(se, &s.network_policies, ns, &name)
+                        .await?
+                }
+            }
+        }
         let vllm = match (children.vllm_deployment, children.vllm_service) {
             (Some(d), Some(svc)) => {
                 // The key first: vLLM and the workers both mount it.

@@ -1,6 +1,7 @@
 //! What a production cluster needs beyond the pod settings of tests/gpu.rs, asserted on the live
 //! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
-//! ReadWriteOnce claim shared by several vLLM pods), and the HPA on requests in flight. Needs a cluster, like tests/k8s.rs:
+//! ReadWriteOnce claim shared by several vLLM pods), the HPA on requests in flight, and the
+//! NetworkPolicies of `worker.networkPolicy`. Needs a cluster, like tests/k8s.rs:
 //!
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test -p inferscale-operator --test production
@@ -14,6 +15,7 @@ use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -274,5 +276,84 @@ async fn hpa_follows_requests_in_flight_when_asked() {
                 && e.message.contains("only used with metric: inflight") => {}
         other => panic!("targetInflightPerPod with cpu: {other:?}"),
     }
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn network_policies_guard_workers_and_vllm() {
+    if !enabled("network_policies_guard_workers_and_vllm") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "netpol").await;
+    let _op = Operator::start(&ns.name);
+    let endpoints: Api<ScalingEndpoint> = ns.api();
+    let monitoring = json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}});
+    let spec = json!({
+        "model": {"name": "qwen"}, "algorithm": {"name": "self-consistency"},
+        "vllm": {"model": "Qwen/Qwen2.5-7B-Instruct"},
+        "worker": {"networkPolicy": {"enabled": true,
+            "from": [{"namespaceSelector": {"matchLabels": {"team": "search"}}}],
+            "metricsFrom": [monitoring]}},
+    });
+    endpoints
+        .create(&PostParams::default(), &endpoint("guarded", spec))
+        .await
+        .expect("created");
+    let policies: Api<NetworkPolicy> = ns.api();
+    let as_json = |p: NetworkPolicy| serde_json::to_value(p.spec).expect("serializes");
+
+    let workers = as_json(get_eventually(&policies, "guarded").await);
+    assert_eq!(
+        workers["podSelector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "inferscale-worker", "app.kubernetes.io/instance": "guarded",
+               "app.kubernetes.io/component": "worker"})
+    );
+    assert_eq!(workers["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        workers["ingress"],
+        json!([{"from": [{"namespaceSelector": {"matchLabels": {"team": "search"}}}, monitoring],
+                "ports": [{"port": "http", "protocol": "TCP"}]}])
+    );
+
+    let vllm = as_json(get_eventually(&policies, "guarded-vllm").await);
+    assert_eq!(
+        vllm["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "model-server"
+    );
+    // Only this endpoint's workers (same namespace) and the scraper: not the workers' clients.
+    assert_eq!(
+        vllm["ingress"],
+        json!([{"from": [{"podSelector": {"matchLabels": {
+                    "app.kubernetes.io/name": "inferscale-worker", "app.kubernetes.io/instance": "guarded",
+                    "app.kubernetes.io/component": "worker"}}}, monitoring],
+                "ports": [{"port": "http", "protocol": "TCP"}]}])
+    );
+
+    // Turning it off removes both.
+    endpoints
+        .patch(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"worker": {"networkPolicy": {"enabled": false}}}})),
+        )
+        .await
+        .expect("spec changed");
+    eventually("the policies to be deleted", CHANGE_TIMEOUT, || {
+        let policies = policies.clone();
+        async move {
+            let left = policies
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            (left == 0)
+                .then_some(())
+                .ok_or_else(|| format!("{left} left"))
+        }
+    })
+    .await;
     ns.delete().await;
 }

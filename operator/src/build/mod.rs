@@ -6,6 +6,7 @@
 
 pub mod autoscaling;
 pub mod config_map;
+pub mod network_policy;
 pub mod pvc;
 pub mod service;
 pub mod service_monitor;
@@ -19,6 +20,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{
     ConfigMap, LocalObjectReference, PersistentVolumeClaim, PodSpec, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -183,6 +185,9 @@ pub struct Children {
     pub vllm_pdb: Option<PodDisruptionBudget>,
     /// The model-cache claim of `vllm.cache.pvc`.
     pub vllm_cache_pvc: Option<PersistentVolumeClaim>,
+    /// `worker.networkPolicy`: who reaches the workers, and (with vLLM) who reaches vLLM.
+    pub worker_network_policy: Option<NetworkPolicy>,
+    pub vllm_network_policy: Option<NetworkPolicy>,
     pub service_monitor: Option<DynamicObject>,
 }
 
@@ -224,6 +229,14 @@ pub fn build(
         vllm_service: vllm.map(|_| service::vllm(&names, &owner)),
         vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
         vllm_cache_pvc: vllm.and_then(|v| pvc::cache_claim(&names, &owner, v)),
+        worker_network_policy: network_policy::workers(
+            &names,
+            &owner,
+            spec.worker.network_policy.as_ref(),
+        ),
+        vllm_network_policy: vllm.and_then(|_| {
+            network_policy::vllm(&names, &owner, spec.worker.network_policy.as_ref())
+        }),
         service_monitor: sm_enabled.then(|| {
             service_monitor::build(
                 &names,

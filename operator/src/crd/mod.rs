@@ -7,11 +7,13 @@
 //! crates cannot drift apart.
 
 mod algorithm;
+mod network;
 mod pod;
 mod vllm;
 mod worker;
 
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
+pub use network::NetworkPolicySpec;
 pub use pod::PodSettings;
 pub use vllm::{CacheAccessMode, CachePvc, ProbeTiming, VllmCache, VllmProbes, VllmSpec};
 pub use worker::{AutoscalingMetric, AutoscalingSpec, DEFAULT_INFLIGHT_TARGET, WorkerSpec};

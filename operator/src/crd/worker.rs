@@ -7,7 +7,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{PodSettings, one};
+use super::{NetworkPolicySpec, PodSettings, one};
 
 /// The worker Deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -41,6 +41,9 @@ pub struct WorkerSpec {
     /// the worker pods.
     #[serde(flatten)]
     pub pod: PodSettings,
+    /// NetworkPolicies restricting who reaches the workers and the vLLM pods. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
 }
 
 impl Default for WorkerSpec {
@@ -54,6 +57,7 @@ impl Default for WorkerSpec {
             affinity: None,
             autoscaling: None,
             pod: PodSettings::default(),
+            network_policy: None,
         }
     }
 }
