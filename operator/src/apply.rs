@@ -344,8 +344,20 @@ impl Applier {
             }
             None => self.delete_child(se, &s.pdbs, ns, &names.vllm()).await?,
         }
-        let service_monitor =
-            try_apply!(self.apply_service_monitor(se, names, children.service_monitor));
+        let service_monitor = try_apply!(self.apply_service_monitor(
+            se,
+            names,
+            &names.worker(),
+            children.service_monitor
+        ));
+        // vLLM's monitor: the workers' one alone decides the ServiceMonitorReady condition (both
+        // depend on the same CRD), but a conflict on either is a ChildConflict.
+        try_apply!(self.apply_service_monitor(
+            se,
+            names,
+            &names.vllm(),
+            children.vllm_service_monitor
+        ));
         Ok(Ok(Applied {
             worker,
             vllm,
@@ -552,10 +564,10 @@ impl Applier {
         &self,
         se: &ScalingEndpoint,
         names: &Names,
+        name: &str,
         desired: Option<DynamicObject>,
     ) -> Result<Result<ServiceMonitorState, Problem>> {
         const KIND: &str = "ServiceMonitor";
-        let name = names.worker();
         if !self.service_monitors_served().await? {
             // Without the kind, no ServiceMonitor can exist to be deleted.
             return Ok(Ok(match desired {
@@ -566,7 +578,7 @@ impl Applier {
         let ar = service_monitor::api_resource();
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &names.namespace, &ar);
-        let existing = match api.get_opt(&name).await {
+        let existing = match api.get_opt(name).await {
             Ok(existing) => existing,
             // Without RBAC for ServiceMonitors (the chart's `rbac.serviceMonitors: false`) the
             // operator never created one, so there is nothing of its own to delete.
@@ -577,12 +589,12 @@ impl Applier {
         };
         let controlled = existing.as_ref().map(|e| controlled_by(e, se));
         match desired {
-            Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, &name))),
+            Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, name))),
             Some(mut sm) => {
                 // As for the other children: the uid of what was checked is a precondition.
                 sm.metadata.uid = existing.and_then(|e| e.metadata.uid);
                 api.patch(
-                    &name,
+                    name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&sm),
                 )
@@ -593,7 +605,7 @@ impl Applier {
                 if let Some(e) = existing
                     && controlled == Some(true)
                 {
-                    self.delete_controlled(se, &api, KIND, &name, e.metadata.uid)
+                    self.delete_controlled(se, &api, KIND, name, e.metadata.uid)
                         .await?;
                 }
                 Ok(Ok(ServiceMonitorState::NotRequested))

@@ -1,7 +1,7 @@
 //! What a production cluster needs beyond the pod settings of tests/gpu.rs, asserted on the live
 //! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
 //! ReadWriteOnce claim shared by several vLLM pods), the HPA on requests in flight, and the
-//! NetworkPolicies of `worker.networkPolicy`. Needs a cluster, like tests/k8s.rs:
+//! NetworkPolicies of `worker.networkPolicy`, and vLLM's ServiceMonitor. Needs a cluster, like tests/k8s.rs:
 //!
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test -p inferscale-operator --test production
@@ -16,7 +16,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use serde_json::json;
 
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -356,4 +360,85 @@ async fn network_policies_guard_workers_and_vllm() {
     })
     .await;
     ns.delete().await;
+}
+
+/// With monitoring on, vLLM gets a ServiceMonitor of its own next to the workers'.
+#[tokio::test]
+async fn vllm_gets_a_service_monitor() {
+    if !enabled("vllm_gets_a_service_monitor") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    // The stand-in CRD of the end-to-end tests (tests/trust.rs removes it again, as this does).
+    let text = std::fs::read_to_string(repo_path("tests/e2e/servicemonitor-crd.yaml")).unwrap();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        &crd.name_any(),
+        &PatchParams::apply("inferscale-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("ServiceMonitor CRD applies");
+    let ns = TestNamespace::create(&client, "vllm-sm").await;
+    let monitors: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+            "servicemonitors",
+        ),
+    );
+    eventually("ServiceMonitors to be served", CHANGE_TIMEOUT, || {
+        let monitors = monitors.clone();
+        async move {
+            monitors
+                .list(&Default::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let _op = Operator::start(&ns.name);
+    let endpoints: Api<ScalingEndpoint> = ns.api();
+    let spec = json!({
+        "model": {"name": "qwen"}, "algorithm": {"name": "self-consistency"},
+        "vllm": {"model": "Qwen/Qwen2.5-7B-Instruct"},
+        "metrics": {"serviceMonitor": {"enabled": true, "interval": "15s"}},
+    });
+    endpoints
+        .create(&PostParams::default(), &endpoint("watched", spec))
+        .await
+        .expect("created");
+    let vllm = get_eventually(&monitors, "watched-vllm").await;
+    assert_eq!(
+        vllm.data["spec"]["selector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "inferscale-vllm", "app.kubernetes.io/instance": "watched",
+               "app.kubernetes.io/component": "model-server"})
+    );
+    assert_eq!(
+        vllm.data["spec"]["endpoints"],
+        json!([{"port": "http", "path": "/metrics", "interval": "15s"}])
+    );
+    get_eventually(&monitors, "watched").await;
+    // The Service it selects exposes that port name.
+    let services: Api<k8s_openapi::api::core::v1::Service> = ns.api();
+    let svc = get_eventually(&services, "watched-vllm").await;
+    let port_names: Vec<_> = svc
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(port_names, ["http"]);
+    ns.delete().await;
+    let _ = crds
+        .delete(
+            "servicemonitors.monitoring.coreos.com",
+            &DeleteParams::default(),
+        )
+        .await;
 }

@@ -189,6 +189,8 @@ pub struct Children {
     pub worker_network_policy: Option<NetworkPolicy>,
     pub vllm_network_policy: Option<NetworkPolicy>,
     pub service_monitor: Option<DynamicObject>,
+    /// vLLM's ServiceMonitor (`vllm:*` metrics), with `vllm` and `metrics.serviceMonitor`.
+    pub vllm_service_monitor: Option<DynamicObject>,
 }
 
 /// Builds every child of a validated endpoint.
@@ -205,11 +207,12 @@ pub fn build(
     owner.block_owner_deletion = Some(true);
     let spec = &se.spec;
     let vllm = spec.vllm.as_ref();
-    let sm_enabled = spec
+    let monitoring = spec
         .metrics
         .as_ref()
         .and_then(|m| m.service_monitor.as_ref())
-        .is_some_and(|s| s.enabled);
+        .filter(|s| s.enabled);
+    let sm_interval = monitoring.and_then(|s| s.interval.as_deref());
     Ok(Children {
         config_map: config_map::build(
             &names,
@@ -237,16 +240,10 @@ pub fn build(
         vllm_network_policy: vllm.and_then(|_| {
             network_policy::vllm(&names, &owner, spec.worker.network_policy.as_ref())
         }),
-        service_monitor: sm_enabled.then(|| {
-            service_monitor::build(
-                &names,
-                &owner,
-                spec.metrics
-                    .as_ref()
-                    .and_then(|m| m.service_monitor.as_ref())
-                    .and_then(|s| s.interval.as_deref()),
-            )
-        }),
+        service_monitor: monitoring.map(|_| service_monitor::build(&names, &owner, sm_interval)),
+        vllm_service_monitor: vllm
+            .and(monitoring)
+            .map(|_| service_monitor::vllm(&names, &owner, sm_interval)),
     })
 }
 
