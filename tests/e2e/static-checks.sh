@@ -5,6 +5,7 @@
 #   helm lint --strict with several value sets; values.schema.json rejects bad values
 #   chart CRD and deploy/ CRD identical to crds/ (drift), deploy/ up to date with the chart
 #   kustomize build of deploy/; hadolint on the three Dockerfiles
+#   the chart's PrometheusRule: promtool check rules and its unit tests (promtool test rules)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -52,9 +53,29 @@ aggregated_roles() {
     out=$(render --set rbac.aggregatedRoles=false) && lacks "$out" 'inferscale-(edit|view)'
 }
 
+# shellcheck disable=SC2317
+prometheus_rules_fire_as_documented() { # promtool: the rendered alerts parse and pass their unit tests
+  local dir; dir=$(mktemp -d)
+  render --set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml \
+    | python3 -c 'import sys, yaml; yaml.safe_dump({"groups": yaml.safe_load(sys.stdin)["spec"]["groups"]}, sys.stdout)' \
+    >"$dir/rules.yaml"
+  cp tests/e2e/prometheus-rules.test.yaml "$dir/"
+  local rc=0
+  promtool check rules "$dir/rules.yaml" && (cd "$dir" && promtool test rules prometheus-rules.test.yaml) || rc=$?
+  rm -rf "$dir"
+  return "$rc"
+}
+
 check "helm lint (defaults)" lint
 check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
   --set replicaCount=2 --set podDisruptionBudget.enabled=true
+check "helm lint (PrometheusRule on)" lint --set prometheusRule.enabled=true --set 'prometheusRule.labels.release=kps'
+check "schema refuses a threshold above 1" refuses lint --set prometheusRule.enabled=true --set-json prometheusRule.thresholds.kvCacheUsage=90
+if command -v promtool >/dev/null; then
+  check "PrometheusRule: promtool check rules + promtool test rules (tests/e2e/prometheus-rules.test.yaml)" prometheus_rules_fire_as_documented
+else
+  echo "SKIP PrometheusRule promtool checks (promtool not installed)"
+fi
 check "helm lint (one namespace)" lint --set 'watchNamespaces={team-a}'
 check "helm lint (no leader election)" lint --set leaderElection.enabled=false
 check "helm lint (two namespaces)" lint --set 'watchNamespaces={team-a,team-b}'
