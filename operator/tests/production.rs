@@ -1,7 +1,8 @@
 //! What a production cluster needs beyond the pod settings of tests/gpu.rs, asserted on the live
 //! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
 //! ReadWriteOnce claim shared by several vLLM pods), the HPA on requests in flight, and the
-//! NetworkPolicies of `worker.networkPolicy`, and vLLM's ServiceMonitor. Needs a cluster, like tests/k8s.rs:
+//! NetworkPolicies of `worker.networkPolicy`, vLLM's ServiceMonitor, and the operator-wide pod
+//! defaults (the chart's `global.imagePullSecrets` and `defaults.vllmRuntimeClassName`). Needs a cluster, like tests/k8s.rs:
 //!
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test -p inferscale-operator --test production
@@ -441,4 +442,62 @@ async fn vllm_gets_a_service_monitor() {
             &DeleteParams::default(),
         )
         .await;
+}
+
+/// The operator's pod defaults reach the live pod templates where the spec sets nothing, and the
+/// spec wins where it does (the chart passes them as environment variables).
+#[tokio::test]
+async fn operator_pod_defaults_fill_what_the_spec_leaves_unset() {
+    if !enabled("operator_pod_defaults_fill_what_the_spec_leaves_unset") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "defaults").await;
+    let _op = Operator::start_with(
+        &ns.name,
+        &[
+            "--default-image-pull-secret",
+            "mirror,mirror-2",
+            "--vllm-runtime-class",
+            "nvidia",
+        ],
+    );
+    let endpoints: Api<ScalingEndpoint> = ns.api();
+    for (name, vllm) in [
+        ("plain", json!({"model": "Qwen/Qwen2.5-7B-Instruct"})),
+        (
+            "own",
+            json!({"model": "Qwen/Qwen2.5-7B-Instruct", "runtimeClassName": "kata-nvidia",
+                       "imagePullSecrets": ["vllm-registry"]}),
+        ),
+    ] {
+        let spec = json!({"model": {"name": "qwen"}, "algorithm": {"name": "self-consistency"}, "vllm": vllm});
+        endpoints
+            .create(&PostParams::default(), &endpoint(name, spec))
+            .await
+            .expect("created");
+    }
+    let deployments: Api<Deployment> = ns.api();
+    let pod = |d: Deployment| d.spec.and_then(|s| s.template.spec).expect("pod spec");
+    let secrets = |p: &k8s_openapi::api::core::v1::PodSpec| -> Vec<String> {
+        p.image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    let worker = pod(get_eventually(&deployments, "plain").await);
+    assert_eq!(secrets(&worker), ["mirror", "mirror-2"]);
+    assert!(
+        worker.runtime_class_name.is_none(),
+        "workers need no GPU runtime"
+    );
+    let vllm = pod(get_eventually(&deployments, "plain-vllm").await);
+    assert_eq!(secrets(&vllm), ["mirror", "mirror-2"]);
+    assert_eq!(vllm.runtime_class_name.as_deref(), Some("nvidia"));
+    let own = pod(get_eventually(&deployments, "own-vllm").await);
+    assert_eq!(secrets(&own), ["vllm-registry"]);
+    assert_eq!(own.runtime_class_name.as_deref(), Some("kata-nvidia"));
+    ns.delete().await;
 }

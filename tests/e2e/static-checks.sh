@@ -66,6 +66,16 @@ prometheus_rules_fire_as_documented() { # promtool: the rendered alerts parse an
   return "$rc"
 }
 
+# shellcheck disable=SC2317
+global_pull_secrets_and_vllm_runtime_class() { # to the operator pod, and as defaults of generated pods
+  local out; out=$(render --set 'global.imagePullSecrets[0].name=mirror' --set 'imagePullSecrets[0].name=op' \
+    --set defaults.vllmRuntimeClassName=nvidia)
+  has "$out" '^        - name: op$' && has "$out" '^        - name: mirror$' &&
+    has "$out" '^            - name: INFERSCALE_DEFAULT_IMAGE_PULL_SECRETS$' && has "$out" '^              value: "mirror"$' &&
+    has "$out" '^            - name: INFERSCALE_VLLM_RUNTIME_CLASS$' && has "$out" '^              value: "nvidia"$' &&
+    out=$(render) && lacks "$out" 'INFERSCALE_DEFAULT_IMAGE_PULL_SECRETS|INFERSCALE_VLLM_RUNTIME_CLASS|imagePullSecrets'
+}
+
 check "helm lint (defaults)" lint
 check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
   --set replicaCount=2 --set podDisruptionBudget.enabled=true
@@ -82,6 +92,7 @@ check "helm lint (two namespaces)" lint --set 'watchNamespaces={team-a,team-b}'
 check "helm lint (all namespaces)" lint --set watchAllNamespaces=true
 check "helm lint (no aggregated roles, no RBAC)" lint --set rbac.aggregatedRoles=false --set rbac.create=false \
   --set serviceAccount.create=false --set serviceAccount.name=existing
+check "global.imagePullSecrets and defaults.vllmRuntimeClassName reach the operator pod and its flags" global_pull_secrets_and_vllm_runtime_class
 check "default install watches the release namespace only (Role, no ClusterRoleBinding)" default_watches_release_namespace_only
 check "watchNamespaces add to the release namespace" watch_namespaces_add_to_release_namespace
 check "watchAllNamespaces is cluster-wide (ClusterRole, no --namespace)" watch_all_namespaces_is_cluster_wide

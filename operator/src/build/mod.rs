@@ -49,14 +49,51 @@ pub const CONFIG_HASH_ANNOTATION: &str = "inferscale.dev/config-hash";
 pub struct OperatorDefaults {
     /// Worker image when the spec sets none.
     pub worker_image: String,
+    /// Pull secrets of worker and vLLM pods whose spec sets no `imagePullSecrets` (a mirrored
+    /// registry for the whole cluster).
+    pub image_pull_secrets: Vec<String>,
+    /// RuntimeClass of vLLM pods whose spec sets no `runtimeClassName` (e.g. `nvidia`). Workers
+    /// need no GPU runtime and never get it.
+    pub vllm_runtime_class: Option<String>,
 }
 
 impl Default for OperatorDefaults {
     fn default() -> Self {
         Self {
             worker_image: default_worker_image(),
+            image_pull_secrets: Vec::new(),
+            vllm_runtime_class: None,
         }
     }
+}
+
+/// Fills what the endpoint's pod settings leave unset from the operator's defaults; anything the
+/// spec sets wins.
+fn with_operator_defaults(
+    mut deployment: Deployment,
+    defaults: &OperatorDefaults,
+    component: Component,
+) -> Deployment {
+    let Some(pod) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+    else {
+        return deployment;
+    };
+    if pod.image_pull_secrets.is_none() && !defaults.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(
+            defaults
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect(),
+        );
+    }
+    if component == Component::ModelServer && pod.runtime_class_name.is_none() {
+        pod.runtime_class_name = defaults.vllm_runtime_class.clone();
+    }
+    deployment
 }
 
 /// `inferscale/worker:<this crate's version>`: operator and worker are released together.
@@ -220,7 +257,11 @@ pub fn build(
             resolved,
             se.metadata.generation.unwrap_or(0),
         )?,
-        worker_deployment: worker::build(&names, &owner, spec, resolved, defaults),
+        worker_deployment: with_operator_defaults(
+            worker::build(&names, &owner, spec, resolved, defaults),
+            defaults,
+            Component::Worker,
+        ),
         worker_service: service::worker(&names, &owner, &spec.service),
         worker_hpa: spec
             .worker
@@ -228,7 +269,13 @@ pub fn build(
             .as_ref()
             .map(|a| autoscaling::hpa(&names, &owner, a)),
         worker_pdb: autoscaling::worker_pdb(&names, &owner, &spec.worker),
-        vllm_deployment: vllm.map(|v| vllm::deployment(&names, &owner, &spec.model.name, v)),
+        vllm_deployment: vllm.map(|v| {
+            with_operator_defaults(
+                vllm::deployment(&names, &owner, &spec.model.name, v),
+                defaults,
+                Component::ModelServer,
+            )
+        }),
         vllm_service: vllm.map(|_| service::vllm(&names, &owner)),
         vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
         vllm_cache_pvc: vllm.and_then(|v| pvc::cache_claim(&names, &owner, v)),
@@ -249,3 +296,77 @@ pub fn build(
 
 #[cfg(test)]
 pub(crate) use crate::crd::fixtures;
+
+#[cfg(test)]
+mod operator_defaults_tests {
+    use super::*;
+    use crate::dereference::Secrets;
+    use crate::validate::validate;
+
+    fn pods(yaml: &str, defaults: &OperatorDefaults) -> (PodSpec, PodSpec) {
+        let se = fixtures::endpoint(yaml);
+        let resolved = validate(&se, &Secrets::new()).unwrap().unwrap();
+        let c = build(&se, &resolved, defaults).unwrap();
+        let pod = |d: Deployment| d.spec.unwrap().template.spec.unwrap();
+        (pod(c.worker_deployment), pod(c.vllm_deployment.unwrap()))
+    }
+
+    const BASE: &str = "metadata: {name: ep}\nspec:\n  model: {name: qwen}\n  algorithm: {name: self-consistency}\n";
+
+    fn cluster_defaults() -> OperatorDefaults {
+        OperatorDefaults {
+            image_pull_secrets: vec!["mirror".to_owned()],
+            vllm_runtime_class: Some("nvidia".to_owned()),
+            ..OperatorDefaults::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_unset_pod_settings() {
+        let (worker, vllm) = pods(
+            &format!("{BASE}  vllm: {{model: Qwen/Qwen2.5-7B-Instruct}}\n"),
+            &cluster_defaults(),
+        );
+        let names = |p: &PodSpec| -> Vec<String> {
+            p.image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&worker), ["mirror"]);
+        assert_eq!(names(&vllm), ["mirror"]);
+        assert_eq!(vllm.runtime_class_name.as_deref(), Some("nvidia"));
+        assert!(
+            worker.runtime_class_name.is_none(),
+            "workers need no GPU runtime"
+        );
+    }
+
+    #[test]
+    fn the_spec_wins_over_the_defaults() {
+        let (worker, vllm) = pods(
+            &format!(
+                "{BASE}  worker: {{imagePullSecrets: [own]}}\n  vllm: {{model: Qwen/Qwen2.5-7B-Instruct, runtimeClassName: kata-nvidia, imagePullSecrets: []}}\n"
+            ),
+            &cluster_defaults(),
+        );
+        assert_eq!(worker.image_pull_secrets.unwrap()[0].name, "own");
+        assert_eq!(vllm.runtime_class_name.as_deref(), Some("kata-nvidia"));
+        assert_eq!(
+            vllm.image_pull_secrets,
+            Some(vec![]),
+            "an explicit empty list stays empty"
+        );
+    }
+
+    #[test]
+    fn no_defaults_change_nothing() {
+        let (worker, vllm) = pods(
+            &format!("{BASE}  vllm: {{model: Qwen/Qwen2.5-7B-Instruct}}\n"),
+            &OperatorDefaults::default(),
+        );
+        assert!(worker.image_pull_secrets.is_none() && vllm.image_pull_secrets.is_none());
+        assert!(vllm.runtime_class_name.is_none());
+    }
+}
