@@ -76,6 +76,18 @@ global_pull_secrets_and_vllm_runtime_class() { # to the operator pod, and as def
     out=$(render) && lacks "$out" 'INFERSCALE_DEFAULT_IMAGE_PULL_SECRETS|INFERSCALE_VLLM_RUNTIME_CLASS|imagePullSecrets'
 }
 
+# shellcheck disable=SC2317
+templated_crd_is_crds_verbatim() { # crds.install renders crds/ with Helm's labels and the keep policy
+  local out; out=$(render --set crds.install=true --show-only templates/crd.yaml)
+  has "$out" 'helm.sh/resource-policy: keep' &&
+    python3 -c 'import sys, yaml; a = yaml.safe_load(sys.stdin); b = yaml.safe_load(open(sys.argv[1]))
+sys.exit(0 if a["spec"] == b["spec"] and a["metadata"]["name"] == b["metadata"]["name"] else "spec differs from crds/")' \
+      crds/scalingendpoints.inferscale.dev.yaml <<<"$out" &&
+    out=$(render --set crds.install=true --set crds.keep=false --show-only templates/crd.yaml) &&
+    lacks "$out" 'resource-policy' &&
+    out=$(render) && lacks "$out" 'kind: CustomResourceDefinition'
+}
+
 check "helm lint (defaults)" lint
 check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
   --set replicaCount=2 --set podDisruptionBudget.enabled=true
@@ -105,6 +117,7 @@ check "schema refuses a bad log format" refuses lint --set logging.format=xml
 check "schema refuses a bad digest" refuses lint --set image.digest=latest
 check "template refuses 2 replicas without leader election" refuses helm template x "$CHART" --set replicaCount=2 --set leaderElection.enabled=false
 
+check "crds.install renders crds/ verbatim (keep policy by default); off by default" templated_crd_is_crds_verbatim
 check "chart CRD is crds/ (drift)" cmp crds/scalingendpoints.inferscale.dev.yaml "$CHART/crds/scalingendpoints.inferscale.dev.yaml"
 check "deploy/ is generated from the chart (drift)" deploy/generate.sh --check
 check "charts/inferscale/README.md values table is generated from values.yaml (drift)" python3 tests/e2e/values-table.py --check
@@ -125,7 +138,7 @@ check "hadolint (worker, operator, mock-llm Dockerfiles)" "$HL_VENV/bin/hadolint
 if command -v shellcheck >/dev/null; then
   # -x follows `source`d files (tests/bench/lib.sh) instead of refusing them.
   check "shellcheck (deploy/, tests/e2e, tests/kind, tests/bench, the suite's scripts)" \
-    shellcheck -x deploy/generate.sh tests/e2e/static-checks.sh tests/kind/run.sh tests/k8s-suite.sh \
+    shellcheck -x deploy/generate.sh tests/e2e/static-checks.sh tests/e2e/crd-upgrade.sh tests/kind/run.sh tests/k8s-suite.sh \
       tests/run.sh tests/check-scripts.sh tests/bench/*.sh deploy/demo/run.sh .ci/run
 else
   echo "SKIP shellcheck (not installed)"
