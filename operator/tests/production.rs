@@ -2,7 +2,8 @@
 //! objects of a real API server: the operator-owned model-cache claim (and the refusal of a
 //! ReadWriteOnce claim shared by several vLLM pods), the HPA on requests in flight, and the
 //! NetworkPolicies of `worker.networkPolicy`, vLLM's ServiceMonitor, and the operator-wide pod
-//! defaults (the chart's `global.imagePullSecrets` and `defaults.vllmRuntimeClassName`). Needs a cluster, like tests/k8s.rs:
+//! defaults (the chart's `global.imagePullSecrets` and `defaults.vllmRuntimeClassName`), and the
+//! `probe` subcommand the chart's `helm test` pod runs, against the operator process. Needs a cluster, like tests/k8s.rs:
 //!
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test -p inferscale-operator --test production
@@ -500,4 +501,71 @@ async fn operator_pod_defaults_fill_what_the_spec_leaves_unset() {
     assert_eq!(secrets(&own), ["vllm-registry"]);
     assert_eq!(own.runtime_class_name.as_deref(), Some("kata-nvidia"));
     ns.delete().await;
+}
+
+/// The chart's `helm test` pod runs `inferscale-operator probe <metrics Service>/healthz`. kwok
+/// does not run pods, so this runs the same command against the operator process of the test.
+#[tokio::test]
+async fn probe_passes_against_the_running_operator_and_fails_without_it() {
+    if !enabled("probe_passes_against_the_running_operator_and_fails_without_it") {
+        return;
+    }
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = TestNamespace::create(&client, "probe").await;
+    let op = Operator::start(&ns.name);
+    let log = op.log.clone();
+    let addr = eventually("the operator's health endpoint", CHANGE_TIMEOUT, || {
+        let log = log.clone();
+        async move {
+            let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+            text.lines()
+                .find(|l| l.contains("serving /healthz"))
+                .map(strip_ansi)
+                .and_then(|l| {
+                    l.split("addr=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| "not serving yet".to_owned())
+        }
+    })
+    .await;
+    let probe = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_inferscale-operator"))
+            .args(["probe", "--timeout", "5", &url])
+            .output()
+            .expect("probe runs")
+    };
+    let ok = probe(format!("http://{addr}/healthz"));
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("ok 200 "));
+    drop(op);
+    // The operator is gone: the same probe fails, naming what it could not reach.
+    let down = probe(format!("http://{addr}/healthz"));
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("cannot reach"),
+        "{down:?}"
+    );
+    ns.delete().await;
+}
+
+/// The text log colours its fields (`ESC[…m`): the plain text.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -88,6 +88,16 @@ sys.exit(0 if a["spec"] == b["spec"] and a["metadata"]["name"] == b["metadata"][
     out=$(render) && lacks "$out" 'kind: CustomResourceDefinition'
 }
 
+# shellcheck disable=SC2317
+helm_test_pod_probes_the_operator() { # a test hook running the operator image's probe, not selected by its Service
+  local out; out=$(render --set 'helmTest.urls[0]=http://ep.team.svc:8108/v1/models' --show-only templates/tests/probe.yaml)
+  has "$out" '^    helm.sh/hook: test$' && has "$out" '^        - probe$' &&
+    has "$out" '^        - http://x-inferscale-metrics.rel-ns.svc:8080/healthz$' &&
+    has "$out" '^        - "http://ep.team.svc:8108/v1/models"$' &&
+    has "$out" '^    app.kubernetes.io/component: helm-test$' && lacks "$out" 'component: operator' &&
+    out=$(render --set helmTest.enabled=false) && lacks "$out" 'helm.sh/hook: test'
+}
+
 check "helm lint (defaults)" lint
 check "helm lint (everything on)" lint --set serviceMonitor.enabled=true --set grafanaDashboard.enabled=true \
   --set replicaCount=2 --set podDisruptionBudget.enabled=true
@@ -118,6 +128,8 @@ check "schema refuses a bad digest" refuses lint --set image.digest=latest
 check "template refuses 2 replicas without leader election" refuses helm template x "$CHART" --set replicaCount=2 --set leaderElection.enabled=false
 
 check "crds.install renders crds/ verbatim (keep policy by default); off by default" templated_crd_is_crds_verbatim
+check "helm test hook: the operator image probes /healthz (+ helmTest.urls)" helm_test_pod_probes_the_operator
+check "schema refuses a helmTest URL that is not http://" refuses lint --set 'helmTest.urls[0]=https://x'
 check "chart CRD is crds/ (drift)" cmp crds/scalingendpoints.inferscale.dev.yaml "$CHART/crds/scalingendpoints.inferscale.dev.yaml"
 check "deploy/ is generated from the chart (drift)" deploy/generate.sh --check
 check "charts/inferscale/README.md values table is generated from values.yaml (drift)" python3 tests/e2e/values-table.py --check
