@@ -29,6 +29,8 @@ e2e() {
 step "operator integration tests" operator_tests
 step "chart, manifests, Dockerfiles: static checks" tests/e2e/static-checks.sh
 step "end to end: helm install, operator with the chart's RBAC, worker, openai client; dry runs" e2e
+# Alone after the others: it swaps the cluster-wide CRD (and restores the committed one).
+step "chart CRD upgrade path: adopt, helm install/upgrade upgrade it, uninstall keeps it" tests/e2e/crd-upgrade.sh
 step "kind (skips without a container engine)" tests/kind/run.sh
 
 printf '\nk8s-suite:\n'; printf '  %s\n' "${summary[@]}"

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use crate::build::vllm::VllmRole;
-use crate::build::{Children, FIELD_MANAGER, service_monitor};
+use crate::build::{Children, FIELD_MANAGER, pvc, service_monitor};
 use crate::crd::ScalingEndpoint;
 use crate::digest;
 use crate::error::{Error, Result, is_not_found};
@@ -89,6 +89,8 @@ pub struct Stores {
     pub services: Store<k8s_openapi::api::core::v1::Service>,
     pub hpas: Store<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>,
     pub pdbs: Store<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    pub pvcs: Store<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    pub network_policies: Store<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 impl Stores {
@@ -115,6 +117,14 @@ impl Stores {
             .wait_until_ready()
             .await
             .map_err(err("PodDisruptionBudget"))?;
+        self.pvcs
+            .wait_until_ready()
+            .await
+            .map_err(err("PersistentVolumeClaim"))?;
+        self.network_policies
+            .wait_until_ready()
+            .await
+            .map_err(err("NetworkPolicy"))?;
         Ok(())
     }
 
@@ -134,6 +144,11 @@ impl Stores {
                 .is_some(),
             "HorizontalPodAutoscaler" => self.hpas.get(&ObjectRef::new(name).within(ns)).is_some(),
             "PodDisruptionBudget" => self.pdbs.get(&ObjectRef::new(name).within(ns)).is_some(),
+            "PersistentVolumeClaim" => self.pvcs.get(&ObjectRef::new(name).within(ns)).is_some(),
+            "NetworkPolicy" => self
+                .network_policies
+                .get(&ObjectRef::new(name).within(ns))
+                .is_some(),
             _ => false,
         }
     }
@@ -264,6 +279,22 @@ impl Applier {
         // The ConfigMap first: new pods must never start with an old or missing config.
         try_apply!(self.apply_child(se, &s.config_maps, children.config_map));
         try_apply!(self.apply_child(se, &s.services, children.worker_service));
+        // Policies before the pods they guard.
+        for (policy, name) in [
+            (children.worker_network_policy, names.worker()),
+            (children.vllm_network_policy, names.vllm()),
+            (children.reward_network_policy, names.prm()),
+        ] {
+            match policy {
+                Some(p) => {
+                    try_apply!(self.apply_child(se, &s.network_policies, p));
+                }
+                None => {
+                    self.delete_child(se, &s.network_policies, ns, &name)
+                        .await?
+                }
+            }
+        }
         let vllm = match (children.vllm_deployment, children.vllm_service) {
             (Some(d), Some(svc)) => {
                 // The key first: vLLM and the workers both mount it.
@@ -278,9 +309,21 @@ impl Applier {
                     self.event(se, EventType::Normal, "Created", note).await;
                 }
                 try_apply!(self.apply_child(se, &s.services, svc));
+                // The cache claim before the pods that mount it.
+                match children.vllm_cache_pvc {
+                    Some(claim) => {
+                        try_apply!(self.apply_child(se, &s.pvcs, claim));
+                    }
+                    None => {
+                        self.delete_child(se, &s.pvcs, ns, &pvc::claim_name(names))
+                            .await?
+                    }
+                }
                 Some(try_apply!(self.apply_child(se, &s.deployments, d)))
             }
             _ => {
+                self.delete_child(se, &s.pvcs, ns, &pvc::claim_name(names))
+                    .await?;
                 self.delete_child(se, &s.deployments, ns, &names.vllm())
                     .await?;
                 self.delete_child(se, &s.services, ns, &names.vllm())
@@ -337,8 +380,20 @@ impl Applier {
             }
             None => self.delete_child(se, &s.pdbs, ns, &names.vllm()).await?,
         }
-        let service_monitor =
-            try_apply!(self.apply_service_monitor(se, names, children.service_monitor));
+        let service_monitor = try_apply!(self.apply_service_monitor(
+            se,
+            names,
+            &names.worker(),
+            children.service_monitor
+        ));
+        // vLLM's monitor: the workers' one alone decides the ServiceMonitorReady condition (both
+        // depend on the same CRD), but a conflict on either is a ChildConflict.
+        try_apply!(self.apply_service_monitor(
+            se,
+            names,
+            &names.vllm(),
+            children.vllm_service_monitor
+        ));
         Ok(Ok(Applied {
             worker,
             vllm,
@@ -546,10 +601,10 @@ impl Applier {
         &self,
         se: &ScalingEndpoint,
         names: &Names,
+        name: &str,
         desired: Option<DynamicObject>,
     ) -> Result<Result<ServiceMonitorState, Problem>> {
         const KIND: &str = "ServiceMonitor";
-        let name = names.worker();
         if !self.service_monitors_served().await? {
             // Without the kind, no ServiceMonitor can exist to be deleted.
             return Ok(Ok(match desired {
@@ -560,7 +615,7 @@ impl Applier {
         let ar = service_monitor::api_resource();
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &names.namespace, &ar);
-        let existing = match api.get_opt(&name).await {
+        let existing = match api.get_opt(name).await {
             Ok(existing) => existing,
             // Without RBAC for ServiceMonitors (the chart's `rbac.serviceMonitors: false`) the
             // operator never created one, so there is nothing of its own to delete.
@@ -571,12 +626,12 @@ impl Applier {
         };
         let controlled = existing.as_ref().map(|e| controlled_by(e, se));
         match desired {
-            Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, &name))),
+            Some(_) if controlled == Some(false) => Ok(Err(conflict(KIND, name))),
             Some(mut sm) => {
                 // As for the other children: the uid of what was checked is a precondition.
                 sm.metadata.uid = existing.and_then(|e| e.metadata.uid);
                 api.patch(
-                    &name,
+                    name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&sm),
                 )
@@ -587,7 +642,7 @@ impl Applier {
                 if let Some(e) = existing
                     && controlled == Some(true)
                 {
-                    self.delete_controlled(se, &api, KIND, &name, e.metadata.uid)
+                    self.delete_controlled(se, &api, KIND, name, e.metadata.uid)
                         .await?;
                 }
                 Ok(Ok(ServiceMonitorState::NotRequested))

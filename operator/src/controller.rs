@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -336,12 +337,16 @@ async fn run_in(
     let (services, svc_stream) = child_cache(api::<Service>(&client, ns));
     let (hpas, hpa_stream) = child_cache(api::<HorizontalPodAutoscaler>(&client, ns));
     let (pdbs, pdb_stream) = child_cache(api::<PodDisruptionBudget>(&client, ns));
+    let (pvcs, pvc_stream) = child_cache(api::<PersistentVolumeClaim>(&client, ns));
+    let (network_policies, np_stream) = child_cache(api::<NetworkPolicy>(&client, ns));
     let stores = Stores {
         config_maps,
         deployments,
         services,
         hpas,
         pdbs,
+        pvcs,
+        network_policies,
     };
     let recorder = Recorder::new(
         client.clone(),
@@ -402,6 +407,8 @@ async fn run_in(
         .owns_stream(svc_stream)
         .owns_stream(hpa_stream)
         .owns_stream(pdb_stream)
+        .owns_stream(pvc_stream)
+        .owns_stream(np_stream)
         .watches(secrets, watcher::Config::default().any_semantic(), mapper)
         .watches(
             api::<PartialObjectMeta<Pod>>(&client, ns),

@@ -19,6 +19,7 @@ pub mod error;
 pub mod layout;
 pub mod leader;
 pub mod metrics;
+pub mod probe;
 pub mod problem;
 pub mod run;
 pub mod server;

@@ -1,4 +1,4 @@
-//! `inferscale-operator`: `run` the controller, or print the `crd`.
+//! `inferscale-operator`: `run` the controller, print the `crd`, or `probe` URLs (helm test).
 
 use std::process::ExitCode;
 
@@ -22,6 +22,15 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the ScalingEndpoint CustomResourceDefinition as YAML.
     Crd,
+    /// GET each http:// URL and fail unless every one answers 2xx (the chart's `helm test`).
+    Probe {
+        /// URLs to GET, e.g. http://inferscale-metrics.inferscale-system.svc:8080/healthz.
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Seconds each connection and read may take.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Probe { urls, timeout } => {
+            let timeout = std::time::Duration::from_secs(timeout);
+            let mut ok = true;
+            for url in &urls {
+                match inferscale_operator::probe::probe(url, timeout) {
+                    Ok(status) => println!("ok {status} {url}"),
+                    Err(e) => {
+                        eprintln!("probe failed: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

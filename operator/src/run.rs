@@ -40,6 +40,17 @@ pub struct RunArgs {
     /// Worker image for endpoints that do not set `spec.worker.image`.
     #[arg(long, env = "INFERSCALE_WORKER_IMAGE", default_value_t = default_worker_image())]
     pub worker_image: String,
+    /// Pull secrets of worker and vLLM pods whose spec sets none (repeat, or separate with
+    /// commas).
+    #[arg(
+        long,
+        env = "INFERSCALE_DEFAULT_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub default_image_pull_secret: Vec<String>,
+    /// RuntimeClass of vLLM pods whose spec sets none, e.g. `nvidia`.
+    #[arg(long, env = "INFERSCALE_VLLM_RUNTIME_CLASS")]
+    pub vllm_runtime_class: Option<String>,
     /// Most endpoints reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
@@ -195,6 +206,14 @@ async fn lead_and_reconcile(
         namespaces: args.namespace.clone(),
         defaults: OperatorDefaults {
             worker_image: args.worker_image.clone(),
+            // An empty value (the chart's default env) means none.
+            image_pull_secrets: args
+                .default_image_pull_secret
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            vllm_runtime_class: args.vllm_runtime_class.clone().filter(|s| !s.is_empty()),
         },
         concurrency: args.concurrency,
         instance: Some(identity()),

@@ -431,7 +431,7 @@ async fn cel_rules_reject_invalid_objects() {
         ),
         (
             "cache is a PVC or an emptyDir",
-            "vllm.cache needs exactly one of persistentVolumeClaim or emptyDirSize",
+            "vllm.cache needs exactly one of persistentVolumeClaim, emptyDirSize or pvc",
             json!({"model": {"name": "m"}, "algorithm": {"name": "self-consistency"},
                    "vllm": {"model": "q", "cache": {"persistentVolumeClaim": "p", "emptyDirSize": "1Gi"}}}),
         ),

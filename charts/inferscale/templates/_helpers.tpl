@@ -110,6 +110,14 @@ docs/operator.md "RBAC" and operator/src/{controller,apply,dereference}.rs.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# The model-cache claim of vllm.cache.pvc (owned by its ScalingEndpoint, deleted with it).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
+# The NetworkPolicies of worker.networkPolicy.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
 # Secrets are read: get of the referenced ones, list/watch as metadata only (a rotated Secret
 # re-reconciles its endpoints).
 - apiGroups: [""]

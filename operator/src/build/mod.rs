@@ -6,6 +6,8 @@
 
 pub mod autoscaling;
 pub mod config_map;
+pub mod network_policy;
+pub mod pvc;
 pub mod reward;
 pub mod service;
 pub mod service_monitor;
@@ -16,7 +18,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, LocalObjectReference, PodSpec, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LocalObjectReference, PersistentVolumeClaim, PodSpec, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -45,14 +50,54 @@ pub const CONFIG_HASH_ANNOTATION: &str = "inferscale.dev/config-hash";
 pub struct OperatorDefaults {
     /// Worker image when the spec sets none.
     pub worker_image: String,
+    /// Pull secrets of worker and vLLM pods whose spec sets no `imagePullSecrets` (a mirrored
+    /// registry for the whole cluster).
+    pub image_pull_secrets: Vec<String>,
+    /// RuntimeClass of vLLM pods whose spec sets no `runtimeClassName` (e.g. `nvidia`). Workers
+    /// need no GPU runtime and never get it.
+    pub vllm_runtime_class: Option<String>,
 }
 
 impl Default for OperatorDefaults {
     fn default() -> Self {
         Self {
             worker_image: default_worker_image(),
+            image_pull_secrets: Vec::new(),
+            vllm_runtime_class: None,
         }
     }
+}
+
+/// Fills what the endpoint's pod settings leave unset from the operator's defaults; anything the
+/// spec sets wins.
+fn with_operator_defaults(
+    mut deployment: Deployment,
+    defaults: &OperatorDefaults,
+    component: Component,
+) -> Deployment {
+    let Some(pod) = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+    else {
+        return deployment;
+    };
+    if pod.image_pull_secrets.is_none() && !defaults.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(
+            defaults
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect(),
+        );
+    }
+    // Both vLLM servers (generator and reward model) run on GPU nodes.
+    if matches!(component, Component::ModelServer | Component::RewardModel)
+        && pod.runtime_class_name.is_none()
+    {
+        pod.runtime_class_name = defaults.vllm_runtime_class.clone();
+    }
+    deployment
 }
 
 /// `inferscale/worker:<this crate's version>`: operator and worker are released together.
@@ -185,7 +230,16 @@ pub struct Children {
     pub vllm_pdb: Option<PodDisruptionBudget>,
     /// The in-cluster process reward model (`spec.reward.vllm`).
     pub reward: Option<reward::RewardServer>,
+    /// The model-cache claim of `vllm.cache.pvc`.
+    pub vllm_cache_pvc: Option<PersistentVolumeClaim>,
+    /// `worker.networkPolicy`: who reaches the workers, and (with vLLM) who reaches vLLM.
+    pub worker_network_policy: Option<NetworkPolicy>,
+    pub vllm_network_policy: Option<NetworkPolicy>,
+    /// The same for the in-cluster reward model (`<name>-prm`).
+    pub reward_network_policy: Option<NetworkPolicy>,
     pub service_monitor: Option<DynamicObject>,
+    /// vLLM's ServiceMonitor (`vllm:*` metrics), with `vllm` and `metrics.serviceMonitor`.
+    pub vllm_service_monitor: Option<DynamicObject>,
 }
 
 /// Builds every child of a validated endpoint.
@@ -202,11 +256,12 @@ pub fn build(
     owner.block_owner_deletion = Some(true);
     let spec = &se.spec;
     let vllm = spec.vllm.as_ref();
-    let sm_enabled = spec
+    let monitoring = spec
         .metrics
         .as_ref()
         .and_then(|m| m.service_monitor.as_ref())
-        .is_some_and(|s| s.enabled);
+        .filter(|s| s.enabled);
+    let sm_interval = monitoring.and_then(|s| s.interval.as_deref());
     Ok(Children {
         config_map: config_map::build(
             &names,
@@ -214,7 +269,11 @@ pub fn build(
             resolved,
             se.metadata.generation.unwrap_or(0),
         )?,
-        worker_deployment: worker::build(&names, &owner, spec, resolved, defaults),
+        worker_deployment: with_operator_defaults(
+            worker::build(&names, &owner, spec, resolved, defaults),
+            defaults,
+            Component::Worker,
+        ),
         worker_service: service::worker(&names, &owner, &spec.service),
         worker_hpa: spec
             .worker
@@ -223,32 +282,135 @@ pub fn build(
             .map(|a| autoscaling::hpa(&names, &owner, a)),
         worker_pdb: autoscaling::worker_pdb(&names, &owner, &spec.worker),
         vllm_deployment: vllm.map(|v| {
-            vllm::deployment(
-                &names,
-                &owner,
-                vllm::VllmRole::Generator,
-                &spec.model.name,
-                v,
+            with_operator_defaults(
+                vllm::deployment(
+                    &names,
+                    &owner,
+                    vllm::VllmRole::Generator,
+                    &spec.model.name,
+                    v,
+                ),
+                defaults,
+                Component::ModelServer,
             )
         }),
         vllm_service: vllm.map(|_| service::vllm(&names, &owner, vllm::VllmRole::Generator)),
         reward: spec
             .reward
             .as_ref()
-            .and_then(|r| reward::server(&names, &owner, r)),
+            .and_then(|r| reward::server(&names, &owner, r))
+            .map(|mut r| {
+                r.deployment =
+                    with_operator_defaults(r.deployment, defaults, Component::RewardModel);
+                r
+            }),
         vllm_pdb: vllm.and_then(|v| autoscaling::vllm_pdb(&names, &owner, v)),
-        service_monitor: sm_enabled.then(|| {
-            service_monitor::build(
+        vllm_cache_pvc: vllm.and_then(|v| pvc::cache_claim(&names, &owner, v)),
+        worker_network_policy: network_policy::workers(
+            &names,
+            &owner,
+            spec.worker.network_policy.as_ref(),
+        ),
+        vllm_network_policy: vllm.and_then(|_| {
+            network_policy::vllm(
                 &names,
                 &owner,
-                spec.metrics
-                    .as_ref()
-                    .and_then(|m| m.service_monitor.as_ref())
-                    .and_then(|s| s.interval.as_deref()),
+                vllm::VllmRole::Generator,
+                spec.worker.network_policy.as_ref(),
             )
         }),
+        reward_network_policy: spec
+            .reward
+            .as_ref()
+            .and_then(|r| r.vllm.as_ref())
+            .and_then(|_| {
+                network_policy::vllm(
+                    &names,
+                    &owner,
+                    vllm::VllmRole::RewardModel,
+                    spec.worker.network_policy.as_ref(),
+                )
+            }),
+        service_monitor: monitoring.map(|_| service_monitor::build(&names, &owner, sm_interval)),
+        vllm_service_monitor: vllm
+            .and(monitoring)
+            .map(|_| service_monitor::vllm(&names, &owner, sm_interval)),
     })
 }
 
 #[cfg(test)]
 pub(crate) use crate::crd::fixtures;
+
+#[cfg(test)]
+mod operator_defaults_tests {
+    use super::*;
+    use crate::dereference::Secrets;
+    use crate::validate::validate;
+
+    fn pods(yaml: &str, defaults: &OperatorDefaults) -> (PodSpec, PodSpec) {
+        let se = fixtures::endpoint(yaml);
+        let resolved = validate(&se, &Secrets::new()).unwrap().unwrap();
+        let c = build(&se, &resolved, defaults).unwrap();
+        let pod = |d: Deployment| d.spec.unwrap().template.spec.unwrap();
+        (pod(c.worker_deployment), pod(c.vllm_deployment.unwrap()))
+    }
+
+    const BASE: &str = "metadata: {name: ep}\nspec:\n  model: {name: qwen}\n  algorithm: {name: self-consistency}\n";
+
+    fn cluster_defaults() -> OperatorDefaults {
+        OperatorDefaults {
+            image_pull_secrets: vec!["mirror".to_owned()],
+            vllm_runtime_class: Some("nvidia".to_owned()),
+            ..OperatorDefaults::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_unset_pod_settings() {
+        let (worker, vllm) = pods(
+            &format!("{BASE}  vllm: {{model: Qwen/Qwen2.5-7B-Instruct}}\n"),
+            &cluster_defaults(),
+        );
+        let names = |p: &PodSpec| -> Vec<String> {
+            p.image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&worker), ["mirror"]);
+        assert_eq!(names(&vllm), ["mirror"]);
+        assert_eq!(vllm.runtime_class_name.as_deref(), Some("nvidia"));
+        assert!(
+            worker.runtime_class_name.is_none(),
+            "workers need no GPU runtime"
+        );
+    }
+
+    #[test]
+    fn the_spec_wins_over_the_defaults() {
+        let (worker, vllm) = pods(
+            &format!(
+                "{BASE}  worker: {{imagePullSecrets: [own]}}\n  vllm: {{model: Qwen/Qwen2.5-7B-Instruct, runtimeClassName: kata-nvidia, imagePullSecrets: []}}\n"
+            ),
+            &cluster_defaults(),
+        );
+        assert_eq!(worker.image_pull_secrets.unwrap()[0].name, "own");
+        assert_eq!(vllm.runtime_class_name.as_deref(), Some("kata-nvidia"));
+        assert_eq!(
+            vllm.image_pull_secrets,
+            Some(vec![]),
+            "an explicit empty list stays empty"
+        );
+    }
+
+    #[test]
+    fn no_defaults_change_nothing() {
+        let (worker, vllm) = pods(
+            &format!("{BASE}  vllm: {{model: Qwen/Qwen2.5-7B-Instruct}}\n"),
+            &OperatorDefaults::default(),
+        );
+        assert!(worker.image_pull_secrets.is_none() && vllm.image_pull_secrets.is_none());
+        assert!(vllm.runtime_class_name.is_none());
+    }
+}

@@ -216,16 +216,22 @@ pub fn deployment(
     }
     env.extend(v.env.iter().flatten().cloned());
 
-    let cache = match &v.cache {
-        Some(c) if c.persistent_volume_claim.is_some() => Volume {
+    // The user's claim, or the one the operator creates for `cache.pvc` (build/pvc.rs).
+    let claim = v.cache.as_ref().and_then(|c| {
+        c.persistent_volume_claim
+            .clone()
+            .or_else(|| c.pvc.as_ref().map(|_| super::pvc::claim_name(names)))
+    });
+    let cache = match (&v.cache, claim) {
+        (_, Some(claim_name)) => Volume {
             name: "cache".to_owned(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: c.persistent_volume_claim.clone().unwrap_or_default(),
+                claim_name,
                 read_only: Some(false),
             }),
             ..Volume::default()
         },
-        other => Volume {
+        (other, None) => Volume {
             name: "cache".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
                 size_limit: other.as_ref().and_then(|c| c.empty_dir_size.clone()),

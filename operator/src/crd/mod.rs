@@ -7,16 +7,18 @@
 //! crates cannot drift apart.
 
 mod algorithm;
+mod network;
 mod pod;
 mod reward;
 mod vllm;
 mod worker;
 
 pub use algorithm::{AdaptiveSpec, AlgorithmSpec, JudgeSpec, RequestOverrideKey};
+pub use network::NetworkPolicySpec;
 pub use pod::PodSettings;
 pub use reward::RewardSpec;
-pub use vllm::{ProbeTiming, VllmCache, VllmProbes, VllmSpec};
-pub use worker::{AutoscalingSpec, WorkerSpec};
+pub use vllm::{CacheAccessMode, CachePvc, ProbeTiming, VllmCache, VllmProbes, VllmSpec};
+pub use worker::{AutoscalingMetric, AutoscalingSpec, DEFAULT_INFLIGHT_TARGET, WorkerSpec};
 
 use inferscale_worker::config::ProviderKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

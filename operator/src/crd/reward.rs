@@ -16,6 +16,10 @@ use super::{SecretKeyRef, VllmSpec};
         .reason(Reason::FieldValueRequired)
 )]
 #[x_kube(
+    validation = Rule::new("!has(self.vllm) || !has(self.vllm.cache) || !has(self.vllm.cache.pvc)")
+        .message("reward.vllm.cache.pvc is not supported: give the reward model an existing claim with cache.persistentVolumeClaim, or emptyDirSize")
+)]
+#[x_kube(
     validation = Rule::new("!has(self.apiKeySecretRef) || has(self.endpoint)")
         .message("spec.reward.apiKeySecretRef is only valid with spec.reward.endpoint: the operator generates the key of a PRM it serves")
         .reason(Reason::FieldValueForbidden)

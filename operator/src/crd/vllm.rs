@@ -16,6 +16,13 @@ use super::{DEFAULT_GPU_RESOURCE, PodSettings, SecretKeyRef, one};
     validation = Rule::new("self.gpus >= 1")
         .message("vllm.gpus must be at least 1")
 )]
+// A ReadWriteOnce volume attaches to one node: a second vLLM pod elsewhere would never start.
+#[x_kube(
+    validation = Rule::new("self.replicas <= 1 || !has(self.cache) || !has(self.cache.pvc) || (has(self.cache.pvc.accessModes) && 'ReadWriteMany' in self.cache.pvc.accessModes)")
+        .message("vllm.cache.pvc.accessModes must include ReadWriteMany when vllm.replicas > 1: every vLLM pod mounts the same claim")
+        .field_path(".cache.pvc.accessModes")
+        .reason(Reason::FieldValueInvalid)
+)]
 #[serde(rename_all = "camelCase")]
 pub struct VllmSpec {
     /// Hugging Face model id to serve, e.g. `Qwen/Qwen2.5-7B-Instruct`.
@@ -110,11 +117,12 @@ pub struct ProbeTiming {
     pub failure_threshold: Option<i32>,
 }
 
-/// The model cache: an existing PersistentVolumeClaim, or an emptyDir of a given size.
+/// The model cache: an existing PersistentVolumeClaim, a claim the operator creates, or an
+/// emptyDir of a given size.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(
-    validation = Rule::new("has(self.persistentVolumeClaim) != has(self.emptyDirSize)")
-        .message("vllm.cache needs exactly one of persistentVolumeClaim or emptyDirSize")
+    validation = Rule::new("[has(self.persistentVolumeClaim), has(self.emptyDirSize), has(self.pvc)].filter(set, set).size() == 1")
+        .message("vllm.cache needs exactly one of persistentVolumeClaim, emptyDirSize or pvc")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VllmCache {
@@ -124,6 +132,47 @@ pub struct VllmCache {
     /// Size limit of an emptyDir cache, e.g. `50Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub empty_dir_size: Option<Quantity>,
+    /// A PersistentVolumeClaim the operator creates as `<name>-vllm-cache` and owns: it is
+    /// deleted with the ScalingEndpoint (or when `pvc` is removed from the spec), so the weights
+    /// are downloaded again after that. To keep a cache beyond the endpoint, create the claim
+    /// yourself and name it in `persistentVolumeClaim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<CachePvc>,
+}
+
+/// The claim the operator creates for the model cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePvc {
+    /// Requested size, e.g. `200Gi` (the model's weights plus room for a second revision). A
+    /// storage class that allows expansion accepts a larger size later; shrinking is refused.
+    pub size: Quantity,
+    /// StorageClass of the claim. Unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Access modes [`ReadWriteOnce`]. `ReadWriteMany` (a shared file system) is required when
+    /// `replicas` > 1, since every vLLM pod mounts the same claim. Fixed once the claim exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 3))]
+    pub access_modes: Option<Vec<CacheAccessMode>>,
+}
+
+/// Access mode of the cache claim (a cache is written, so no read-only mode).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CacheAccessMode {
+    ReadWriteOnce,
+    ReadWriteMany,
+    ReadWriteOncePod,
+}
+
+impl CacheAccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheAccessMode::ReadWriteOnce => "ReadWriteOnce",
+            CacheAccessMode::ReadWriteMany => "ReadWriteMany",
+            CacheAccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+        }
+    }
 }
 
 fn default_gpu_resource() -> String {

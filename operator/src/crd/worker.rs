@@ -7,7 +7,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{PodSettings, one};
+use super::{NetworkPolicySpec, PodSettings, one};
 
 /// The worker Deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -33,13 +33,17 @@ pub struct WorkerSpec {
     /// Affinity of the worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// A HorizontalPodAutoscaler on the worker Deployment (CPU utilization).
+    /// A HorizontalPodAutoscaler on the worker Deployment, on CPU utilization or on requests in
+    /// flight per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Pull secrets, service account, runtime class, priority, spreading and extra metadata of
     /// the worker pods.
     #[serde(flatten)]
     pub pod: PodSettings,
+    /// NetworkPolicies restricting who reaches the workers and the vLLM pods. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
 }
 
 impl Default for WorkerSpec {
@@ -53,15 +57,21 @@ impl Default for WorkerSpec {
             affinity: None,
             autoscaling: None,
             pod: PodSettings::default(),
+            network_policy: None,
         }
     }
 }
 
-/// CPU-based autoscaling of the workers.
+/// Autoscaling of the workers: on CPU, or on the requests each worker has in flight.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas")
         .message("worker.autoscaling.minReplicas must not exceed maxReplicas")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.targetInflightPerPod) || self.metric == 'inflight'")
+        .message("worker.autoscaling.targetInflightPerPod is only used with metric: inflight")
+        .field_path(".targetInflightPerPod")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
@@ -79,7 +89,32 @@ pub struct AutoscalingSpec {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
+    /// What the HPA follows: `cpu` [default], or `inflight`, the worker's
+    /// `inferscale_requests_in_flight` gauge as a Pods metric. Workers mostly wait on upstream
+    /// calls, so CPU stays low while they are full; requests in flight track the load. `inflight`
+    /// needs the metric in the custom metrics API (prometheus-adapter, docs/operations.md).
+    #[serde(default)]
+    pub metric: AutoscalingMetric,
+    /// With `metric: inflight`: the average number of requests in flight per worker the HPA
+    /// keeps (default 8). Each request fans out to `budget` upstream calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_inflight_per_pod: Option<i32>,
 }
+
+/// The signal the workers' HPA scales on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalingMetric {
+    /// Average CPU utilization (resource metric, needs metrics-server).
+    #[default]
+    Cpu,
+    /// Average `inferscale_requests_in_flight` per pod (Pods metric, needs prometheus-adapter).
+    Inflight,
+}
+
+/// Requests in flight per worker the HPA keeps when `targetInflightPerPod` is unset.
+pub const DEFAULT_INFLIGHT_TARGET: i32 = 8;
 
 fn default_cpu_target() -> i32 {
     80
