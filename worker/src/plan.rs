@@ -304,6 +304,8 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     /// The conversation, for the judge (best-of-n with more than one candidate only).
     pub context: Vec<Value>,
+    /// Step-wise search: the forwarded body each step's request is built from (no `calls`).
+    pub forward: Option<Map<String, Value>>,
 }
 
 /// Plans the calls of a request whose forwarded body is `forward` (the OpenAI fields, without
@@ -315,6 +317,15 @@ pub fn plan(
 ) -> Result<Plan, ProviderError> {
     if let Some(t) = settings.default_temperature {
         forward.entry("temperature").or_insert(Value::from(t));
+    }
+    if settings.algorithm.is_stepwise() {
+        // Step-wise search builds its calls step by step from the partial answers.
+        return Ok(Plan {
+            calls: Vec::new(),
+            sizes: Vec::new(),
+            context: Vec::new(),
+            forward: Some(forward),
+        });
     }
     let context = match settings.algorithm {
         AlgorithmName::BestOfN if budget > 1 => forward
@@ -335,6 +346,7 @@ pub fn plan(
         calls,
         sizes,
         context,
+        forward: None,
     })
 }
 
