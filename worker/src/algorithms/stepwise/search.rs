@@ -282,7 +282,7 @@ async fn extend(
         };
         let end = StepEnd {
             finish_reason: c.finish_reason.as_deref(),
-            stop_reason: c.stop_reason.as_deref(),
+            stop: &c.stop_reason,
         };
         let p = &mut particles[i];
         let done = u32::try_from(p.steps.len() + 1).unwrap_or(u32::MAX);
