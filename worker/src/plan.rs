@@ -159,10 +159,13 @@ pub fn choose_algorithm(
         ));
     }
     if let Some(a) = &requested.adaptive {
-        if algorithm == AlgorithmName::BestOfN {
+        if algorithm != AlgorithmName::SelfConsistency {
             return Err(OverrideError::new(
                 "algorithm.adaptive",
-                "adaptive applies to self-consistency only, not to best-of-n",
+                format!(
+                    "adaptive applies to self-consistency only, not to {}",
+                    algorithm.as_str()
+                ),
             ));
         }
         check_adaptive(a, defaults.max_budget).map_err(|(field, problem)| {
@@ -304,6 +307,8 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     /// The conversation, for the judge (best-of-n with more than one candidate only).
     pub context: Vec<Value>,
+    /// Step-wise search: the forwarded body each step's request is built from (no `calls`).
+    pub forward: Option<Map<String, Value>>,
 }
 
 /// Plans the calls of a request whose forwarded body is `forward` (the OpenAI fields, without
@@ -315,6 +320,15 @@ pub fn plan(
 ) -> Result<Plan, ProviderError> {
     if let Some(t) = settings.default_temperature {
         forward.entry("temperature").or_insert(Value::from(t));
+    }
+    if settings.algorithm.is_stepwise() {
+        // Step-wise search builds its calls step by step from the partial answers.
+        return Ok(Plan {
+            calls: Vec::new(),
+            sizes: Vec::new(),
+            context: Vec::new(),
+            forward: Some(forward),
+        });
     }
     let context = match settings.algorithm {
         AlgorithmName::BestOfN if budget > 1 => forward
@@ -335,6 +349,7 @@ pub fn plan(
         calls,
         sizes,
         context,
+        forward: None,
     })
 }
 
@@ -436,6 +451,26 @@ mod tests {
         // The window is never wider than the budget.
         let small = choose_algorithm(None, &defaults(&[], Some(&a)), 3).unwrap();
         assert_eq!(small.adaptive.unwrap().parallelism, 3);
+    }
+
+    #[test]
+    fn step_wise_endpoints_refuse_switching_and_adaptive_overrides() {
+        let mut pf = defaults(ALL_KEYS, None);
+        pf.algorithm = AlgorithmName::ParticleFiltering;
+        let e = choose_algorithm(Some(&json!({"name": "self-consistency"})), &pf, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.name");
+        let e = choose_algorithm(Some(&json!({"adaptive": {"rule": "beta"}})), &pf, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.adaptive");
+        assert!(
+            e.message.contains("not to particle-filtering"),
+            "{}",
+            e.message
+        );
+        let sc = defaults(ALL_KEYS, None);
+        let e = choose_algorithm(Some(&json!({"name": "beam-search"})), &sc, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.name");
+        // Naming the endpoint's own algorithm is not a switch.
+        choose_algorithm(Some(&json!({"name": "particle-filtering"})), &pf, 8).unwrap();
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Outcome {
 pub enum Detail {
     Vote(Vote),
     Judge(JudgeDetail),
+    /// Step-wise search or PRM best-of-n, with the vote that decided when the PRM failed.
+    Stepwise(Box<(stepwise::StepwiseDetail, Option<Vote>)>),
 }
 
 /// Why no answer could be produced.
