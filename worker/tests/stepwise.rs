@@ -202,10 +202,11 @@ async fn particle_filtering_follows_the_prm_to_the_right_answer() {
         content(&body),
         "Step 1 good.\n\nStep 2 good.\n\nStep 3 so \\boxed{42}"
     );
-    // 4 particles x 3 steps, every generation call counted in usage; one PRM call per step.
+    // 4 particles x 3 steps, every generation call counted in usage; one PRM call per step,
+    // whose prompt tokens (100 each) count too.
     assert_eq!(up.generation_calls.load(Ordering::SeqCst), 12);
     assert_eq!(up.pooling_calls.load(Ordering::SeqCst), 3);
-    assert_eq!(body["usage"]["prompt_tokens"], 120);
+    assert_eq!(body["usage"]["prompt_tokens"], 120 + 300);
     assert_eq!(body["usage"]["completion_tokens"], 60);
     let m = &body["metadata"];
     assert_eq!(m["algorithm"], "particle-filtering");

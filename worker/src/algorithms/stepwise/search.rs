@@ -454,7 +454,11 @@ fn finish(
         algorithm: inputs.algorithm,
         candidates,
         selected,
-        usage: t.usage,
+        // What the request cost: every generation call and every PRM call (prompt tokens only).
+        usage: Usage {
+            prompt_tokens: t.usage.prompt_tokens + t.reward_prompt_tokens,
+            ..t.usage
+        },
         upstream_time: t.upstream_time,
         failures: t.errors.iter().map(ToString::to_string).collect(),
         failed_candidates: failed,
@@ -541,6 +545,8 @@ pub async fn run_prm_best_of_n(
             vote
         }
     };
+    // The PRM's prompt tokens are part of what the request cost, as a judge's tokens are.
+    outcome.usage.prompt_tokens += t.reward_prompt_tokens;
     let detail = StepwiseDetail {
         particles: reports,
         steps: 1,
