@@ -14,7 +14,7 @@ The check fails, printing every offending line, when
   * the worker crate depends on the operator crate (Cargo.toml or an `inferscale_operator` path);
   * worker `algorithms`, `judge`, `fanout` or `plan` names HTTP types (axum, http, hyper,
     reqwest), or `algorithms` reaches `api`/`server`;
-  * worker `providers` reaches `algorithms` (directly or through other modules);
+  * worker `providers` or `reward` reaches `algorithms` (directly or through other modules);
   * worker `config` (built without the server feature, shared with the operator) reaches any
     module of the server;
   * operator `build` does I/O: a kube `Api`/`Client`, `kube::runtime`, files, sockets, reqwest,
@@ -506,11 +506,15 @@ def check(root: Path) -> list[str]:
             worker, f"{pure} must not use HTTP types", pure, HTTP_CRATES)
     problems += chain_problem(
         worker, "config (shared with the operator) must not reach the server's modules", "config",
-        {"api", "algorithms", "judge", "fanout", "plan", "providers", "runtime", "server", "metrics"})
+        {"api", "algorithms", "judge", "fanout", "plan", "providers", "reward", "runtime", "server",
+         "metrics"})
     problems += chain_problem(
         worker, "algorithms must not reach the HTTP layer", "algorithms", {"api", "server"})
     problems += chain_problem(
         worker, "providers must not reach algorithms", "providers", {"algorithms"})
+    # The PRM client is a provider of scores: it sends a call and reports its result.
+    problems += chain_problem(
+        worker, "reward must not reach algorithms", "reward", {"algorithms"})
     problems += external_problem(
         operator, "build must not do I/O (kube Api/Client, files, sockets)", "build", IO_PATHS)
     problems += chain_problem(

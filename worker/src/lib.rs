@@ -30,6 +30,8 @@ pub mod providers;
 #[cfg(feature = "server")]
 mod rand;
 #[cfg(feature = "server")]
+pub mod reward;
+#[cfg(feature = "server")]
 pub mod runtime;
 #[cfg(feature = "server")]
 pub mod server;

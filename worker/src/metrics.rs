@@ -34,6 +34,8 @@ pub struct Metrics {
     pub clients_in_flight: IntGauge,
     /// Open client connections.
     pub connections_open: IntGauge,
+    /// Step-wise search with a process reward model (block at the end of this file).
+    pub search: SearchMetrics,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -214,6 +216,7 @@ impl Metrics {
                 "inferscale_connections_open",
                 "Open client connections.",
             ),
+            search: SearchMetrics::register(&r),
             registry: r,
         }
     }
@@ -265,6 +268,74 @@ impl UpstreamMetrics {
                 .requests
                 .with_label_values(&[&self.labels[0], &self.labels[1], &self.labels[2], s])
                 .inc(),
+        }
+    }
+}
+
+// ---- Step-wise search (issue 9): particle filtering, beam search, PRM best-of-n ----
+
+const STEP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Metrics of step-wise search, labelled by algorithm (`particle-filtering`, `beam-search`,
+/// `best-of-n`) and, for PRM calls, outcome (`ok`, `error`).
+#[derive(Clone)]
+pub struct SearchMetrics {
+    /// Search steps a request ran.
+    pub steps: HistogramVec,
+    /// PRM calls by outcome.
+    pub reward_calls: IntCounterVec,
+    /// PRM call latency, retries included.
+    pub reward_duration: HistogramVec,
+    /// Particles extended in a step.
+    pub live_particles: HistogramVec,
+    /// Resampling (particle filtering) or beam selection events.
+    pub resamplings: IntCounterVec,
+    /// Requests that fell back to a majority vote because the PRM failed.
+    pub reward_fallbacks: IntCounterVec,
+}
+
+impl SearchMetrics {
+    fn register(r: &Registry) -> Self {
+        Self {
+            steps: histogram(
+                r,
+                "inferscale_search_steps",
+                "Steps a step-wise search request ran.",
+                &["algorithm"],
+                STEP_BUCKETS,
+            ),
+            reward_calls: counter(
+                r,
+                "inferscale_reward_calls_total",
+                "Process reward model calls (one per search step), by outcome.",
+                &["algorithm", "outcome"],
+            ),
+            reward_duration: histogram(
+                r,
+                "inferscale_reward_call_duration_seconds",
+                "Latency of one process reward model call, retries included.",
+                &["algorithm"],
+                LATENCY_BUCKETS,
+            ),
+            live_particles: histogram(
+                r,
+                "inferscale_search_live_particles",
+                "Particles extended in one search step.",
+                &["algorithm"],
+                BUDGET_BUCKETS,
+            ),
+            resamplings: counter(
+                r,
+                "inferscale_search_resamplings_total",
+                "Resampling (particle filtering) or beam selection events.",
+                &["algorithm"],
+            ),
+            reward_fallbacks: counter(
+                r,
+                "inferscale_reward_fallbacks_total",
+                "Requests answered by a majority vote because the process reward model failed.",
+                &["algorithm"],
+            ),
         }
     }
 }

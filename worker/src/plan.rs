@@ -138,6 +138,20 @@ pub fn choose_algorithm(
         "algorithm.adaptive",
     )?;
     let algorithm = requested.name.unwrap_or(defaults.algorithm);
+    // Step-wise search and a PRM are set up per endpoint (rm_endpoint, step tokens, beam width);
+    // a request may not switch into or out of it.
+    if algorithm != defaults.algorithm
+        && (algorithm.is_stepwise() || defaults.algorithm.is_stepwise())
+    {
+        return Err(OverrideError::new(
+            "algorithm.name",
+            format!(
+                "this endpoint runs {}; a request cannot switch to {} (step-wise search is configured per endpoint)",
+                defaults.algorithm.as_str(),
+                algorithm.as_str()
+            ),
+        ));
+    }
     if requested.name == Some(AlgorithmName::BestOfN) && !defaults.has_judge {
         return Err(OverrideError::new(
             "algorithm.name",
@@ -162,7 +176,9 @@ pub fn choose_algorithm(
             .as_ref()
             .or(defaults.adaptive)
             .map(|a| adaptive_policy(a, budget)),
-        AlgorithmName::BestOfN => None,
+        AlgorithmName::BestOfN | AlgorithmName::ParticleFiltering | AlgorithmName::BeamSearch => {
+            None
+        }
     };
     Ok(AlgorithmChoice {
         algorithm,
@@ -288,6 +304,8 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     /// The conversation, for the judge (best-of-n with more than one candidate only).
     pub context: Vec<Value>,
+    /// Step-wise search: the forwarded body each step's request is built from (no `calls`).
+    pub forward: Option<Map<String, Value>>,
 }
 
 /// Plans the calls of a request whose forwarded body is `forward` (the OpenAI fields, without
@@ -299,6 +317,15 @@ pub fn plan(
 ) -> Result<Plan, ProviderError> {
     if let Some(t) = settings.default_temperature {
         forward.entry("temperature").or_insert(Value::from(t));
+    }
+    if settings.algorithm.is_stepwise() {
+        // Step-wise search builds its calls step by step from the partial answers.
+        return Ok(Plan {
+            calls: Vec::new(),
+            sizes: Vec::new(),
+            context: Vec::new(),
+            forward: Some(forward),
+        });
     }
     let context = match settings.algorithm {
         AlgorithmName::BestOfN if budget > 1 => forward
@@ -319,6 +346,7 @@ pub fn plan(
         calls,
         sizes,
         context,
+        forward: None,
     })
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 use crate::algorithms::AlgorithmInputs;
+use crate::algorithms::stepwise::StepwiseSetup;
 use crate::algorithms::vote::VoteSettings;
 use crate::config::bedrock::BedrockField;
 use crate::config::limits::{
@@ -26,6 +27,7 @@ use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
 use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
 use crate::providers::{RetryPolicy, SharedProvider};
+use crate::reward::{PrmClient, PrmClientSettings};
 
 pub struct Runtime {
     /// The configured model string (what `/v1/models` lists).
@@ -50,6 +52,8 @@ pub struct Runtime {
     pub early_decision: bool,
     /// Unix time the configuration was applied.
     pub created: u64,
+    /// Step-wise search or PRM best-of-n: the settings and the PRM client.
+    pub stepwise: Option<Arc<StepwiseSetup>>,
 }
 
 /// The process environment a runtime depends on, read once so building stays testable.
@@ -124,6 +128,7 @@ impl Runtime {
         .map_err(|e| err("regex_patterns", e.to_string()))?;
         let candidate_metrics =
             Arc::new(metrics.upstream(provider.kind().as_str(), provider.model(), "candidate"));
+        let stepwise = build_stepwise(cfg, &client, &upstream)?;
         Ok(Self {
             model: cfg.model.clone(),
             algorithm: cfg.alg,
@@ -150,6 +155,7 @@ impl Runtime {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            stepwise,
         })
     }
 
@@ -204,6 +210,43 @@ fn http_client(u: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
 }
 
 /// The per-upstream limit on calls in flight, shared by every caller of that upstream.
+/// The PRM client of a configuration that uses one. Its key is `rm_api_key` only: the
+/// generator's key is never sent to the PRM server. Its calls have their own in-flight limit
+/// (`upstream.max_concurrency`), so a slow PRM cannot starve generation or the reverse.
+fn build_stepwise(
+    cfg: &WorkerConfig,
+    client: &reqwest::Client,
+    upstream: &UpstreamSettings,
+) -> Result<Option<Arc<StepwiseSetup>>, ConfigError> {
+    let Some(settings) = cfg.stepwise_settings() else {
+        return Ok(None);
+    };
+    let api_key = cfg
+        .rm_api_key
+        .clone()
+        .filter(|k| !k.is_empty_inline())
+        .map(|k| LiveSecret::new(k).map(Arc::new))
+        .transpose()
+        .map_err(|e| err("rm_api_key", e.to_string()))?;
+    let prm = PrmClient::new(PrmClientSettings {
+        client: client.clone(),
+        base_url: settings.rm_base_url.clone(),
+        model: settings.rm_name.clone(),
+        api_key,
+        call_timeout: seconds(
+            "upstream.call_timeout_secs",
+            upstream.call_timeout_secs,
+            DEFAULT_CALL_TIMEOUT_SECS,
+        )?,
+        retry: RetryPolicy {
+            max_retries: upstream.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            ..RetryPolicy::default()
+        },
+        limit: upstream_limit(upstream),
+    });
+    Ok(Some(Arc::new(StepwiseSetup { settings, prm })))
+}
+
 fn upstream_limit(u: &UpstreamSettings) -> Arc<Semaphore> {
     // Validation bounds max_concurrency far below Semaphore::MAX_PERMITS, so this cannot panic.
     Arc::new(Semaphore::new(

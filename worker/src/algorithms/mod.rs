@@ -11,6 +11,7 @@
 pub mod adaptive;
 pub mod best_of_n;
 pub mod early;
+pub mod stepwise;
 pub mod vote;
 
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct Outcome {
 pub enum Detail {
     Vote(Vote),
     Judge(JudgeDetail),
+    /// Step-wise search or PRM best-of-n, with the vote that decided when the PRM failed.
+    Stepwise(Box<(stepwise::StepwiseDetail, Option<Vote>)>),
 }
 
 /// Why no answer could be produced.

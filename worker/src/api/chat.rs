@@ -23,7 +23,9 @@ use super::response::{
     ChatCompletion, Choice, StreamHead, error_frames, finish_reason, keep_alive, normalise_message,
 };
 use crate::algorithms::vote::VoteSettings;
-use crate::algorithms::{self, Outcome};
+use crate::algorithms::{self, Outcome, stepwise};
+use crate::config::AlgorithmName;
+use crate::config::stepwise::check_beam_budget;
 use crate::metrics::Metrics;
 use crate::plan::{self, AlgorithmChoice, AlgorithmDefaults, BudgetPolicy, Plan, PlanSettings};
 use crate::runtime::Runtime;
@@ -123,6 +125,7 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
     };
     let choice = plan::choose_algorithm(req.algorithm.as_ref(), &defaults, budget)
         .map_err(|e| ApiError::bad_request(e.message, Some(e.param)))?;
+    check_stepwise_request(&rt, &choice, &req.forward, budget)?;
     let vote = (choice.tool_vote != rt.vote.tool_vote).then(|| VoteSettings {
         tool_vote: choice.tool_vote,
         ..rt.vote.clone()
@@ -145,6 +148,40 @@ async fn prepare(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Job,
     })
 }
 
+/// The rules of a request to an endpoint that scores with a process reward model: no tools
+/// (step-wise search is for text reasoning), and for beam search a budget that is a multiple of
+/// `beam_width`.
+fn check_stepwise_request(
+    rt: &Runtime,
+    choice: &AlgorithmChoice,
+    forward: &serde_json::Map<String, Value>,
+    budget: u32,
+) -> Result<(), ApiError> {
+    let Some(setup) = rt.stepwise.as_deref() else {
+        return Ok(());
+    };
+    let alg = choice.algorithm;
+    if !(alg.is_stepwise() || alg == AlgorithmName::BestOfN) {
+        return Ok(());
+    }
+    if forward.get("tools").is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} with a process reward model is for text reasoning and cannot use tools; send the request without `tools`",
+                alg.as_str()
+            ),
+            Some("tools".to_owned()),
+        ));
+    }
+    if alg == AlgorithmName::BeamSearch
+        && let Some(width) = setup.settings.beam_width
+    {
+        check_beam_budget(budget, width)
+            .map_err(|message| ApiError::bad_request(message, Some("budget".to_owned())))?;
+    }
+    Ok(())
+}
+
 /// Runs the algorithm under the request deadline (`upstream.request_timeout_secs`), which bounds
 /// the whole fan-out and the judging; when it passes, the algorithm's future is dropped, which
 /// aborts every upstream call still in flight.
@@ -156,14 +193,40 @@ async fn run(metrics: &Metrics, job: &Job) -> Result<Outcome, ApiError> {
     if let Some(vote) = &job.vote {
         inputs.vote = vote;
     }
-    let work = algorithms::run(
-        &inputs,
-        &job.plan.calls,
-        &job.plan.sizes,
-        job.budget,
-        &job.plan.context,
-        metrics,
-    );
+    let stepwise = job.rt.stepwise.as_deref();
+    let work = async {
+        match (stepwise, job.choice.algorithm, &job.plan.forward) {
+            (Some(setup), alg, Some(forward)) if alg.is_stepwise() => {
+                stepwise::run(&inputs, setup, forward, job.budget, metrics).await
+            }
+            (Some(setup), AlgorithmName::BestOfN, _) => {
+                // Best-of-n with a PRM generates and votes like any best-of-n without a judge;
+                // the PRM then picks among the candidates.
+                inputs.judge = None;
+                let outcome = algorithms::run(
+                    &inputs,
+                    &job.plan.calls,
+                    &job.plan.sizes,
+                    job.budget,
+                    &job.plan.context,
+                    metrics,
+                )
+                .await?;
+                Ok(stepwise::run_prm_best_of_n(setup, outcome, &job.plan.context, metrics).await)
+            }
+            _ => {
+                algorithms::run(
+                    &inputs,
+                    &job.plan.calls,
+                    &job.plan.sizes,
+                    job.budget,
+                    &job.plan.context,
+                    metrics,
+                )
+                .await
+            }
+        }
+    };
     match tokio::time::timeout(deadline, work).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(_) => Err(ApiError::UpstreamTimeout(format!(

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::algorithms::best_of_n::JudgeDetail;
+use crate::algorithms::stepwise::StepwiseDetail;
 use crate::algorithms::vote::Vote;
 use crate::algorithms::{Detail, Outcome};
 use crate::judge::mode_name;
@@ -41,9 +42,13 @@ pub struct Metadata {
     /// Votes per distinct answer, keyed by the answer as voted on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_counts: Option<BTreeMap<String, usize>>,
-    /// The judge's score of every candidate, `null` where it gave none (best-of-n only).
+    /// The judge's score of every candidate, `null` where it gave none (best-of-n only); with a
+    /// process reward model, each particle's aggregated PRM score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scores: Option<Vec<Option<f64>>>,
+    /// What step-wise search (or PRM best-of-n) did: particles, PRM calls, fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchMetadata>,
     /// Index into `all_responses` of the returned answer.
     pub selected_index: usize,
     /// Why sampling stopped: `all_completed`, `decided` (the vote could no longer change) or
@@ -95,6 +100,7 @@ impl Metadata {
             judge: None,
             response_counts: None,
             scores: None,
+            search: None,
             selected_index: outcome.selected,
             stop_reason: outcome.stop_reason.as_str(),
             tool_name_counts: None,
@@ -102,6 +108,14 @@ impl Metadata {
         };
         match &outcome.detail {
             Detail::Vote(vote) => metadata.add_vote(vote),
+            Detail::Stepwise(boxed) => {
+                let (search, fallback_vote) = boxed.as_ref();
+                metadata.scores = Some(search.particles.iter().map(|p| p.score).collect());
+                metadata.search = Some(SearchMetadata::from(search));
+                if let Some(vote) = fallback_vote {
+                    metadata.add_vote(vote);
+                }
+            }
             Detail::Judge(judge) => {
                 metadata.scores = Some(judge.scores.clone());
                 metadata.judge = Some(JudgeMetadata::from(judge));
@@ -119,6 +133,75 @@ impl Metadata {
         self.tool_name_counts = vote.name_counts.as_deref().map(counts);
         self.vote_space = Some(vote.space.as_str());
         self.agreement = Some(vote.agreement());
+    }
+}
+
+/// Step-wise search (`particle-filtering`, `beam-search`) or PRM best-of-n.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SearchMetadata {
+    /// `self-consistency` when the process reward model failed and the majority vote over the
+    /// particles' answers decided, else `null`.
+    pub fallback: Option<&'static str>,
+    /// Why the process reward model could not be used, `null` when it could.
+    pub fallback_reason: Option<String>,
+    /// Generation calls made (one per particle per step).
+    pub generation_calls: usize,
+    /// Whether `max_calls` stopped the search before every particle finished.
+    pub max_calls_reached: bool,
+    /// Every particle with at least one step, in the order `all_responses` lists them.
+    pub particles: Vec<ParticleMetadata>,
+    /// Resampling (particle filtering) or beam selection events.
+    pub resamplings: u32,
+    /// Process reward model calls made (one per step).
+    pub reward_calls: usize,
+    /// Prompt tokens the process reward model reported (not counted in `usage`).
+    pub reward_prompt_tokens: u64,
+    /// Search steps run.
+    pub steps: u32,
+}
+
+/// One particle of a search (or one candidate of PRM best-of-n).
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ParticleMetadata {
+    /// The particle each resampling copied this one from (indices into the particles of the
+    /// step before), oldest first.
+    pub ancestry: Vec<usize>,
+    /// Whether it finished (stop token, end of answer or `max_steps`).
+    pub finished: bool,
+    /// Its aggregated PRM score (`rm_agg_method`), `null` if never scored.
+    pub score: Option<f64>,
+    /// The PRM's score of each step, from the last scoring.
+    pub step_scores: Vec<f64>,
+    /// Its steps, without the step token.
+    pub steps: Vec<String>,
+    /// Particle filtering: logit(score); otherwise the score.
+    pub weight: Option<f64>,
+}
+
+impl From<&StepwiseDetail> for SearchMetadata {
+    fn from(d: &StepwiseDetail) -> Self {
+        Self {
+            fallback: d.fallback_reason.as_ref().map(|_| "self-consistency"),
+            fallback_reason: d.fallback_reason.clone(),
+            generation_calls: d.generation_calls,
+            max_calls_reached: d.max_calls_reached,
+            particles: d
+                .particles
+                .iter()
+                .map(|p| ParticleMetadata {
+                    ancestry: p.ancestry.clone(),
+                    finished: p.finished,
+                    score: p.score,
+                    step_scores: p.step_scores.clone(),
+                    steps: p.steps.clone(),
+                    weight: p.weight,
+                })
+                .collect(),
+            resamplings: d.resamplings,
+            reward_calls: d.reward_calls,
+            reward_prompt_tokens: d.reward_prompt_tokens,
+            steps: d.steps,
+        }
     }
 }
 

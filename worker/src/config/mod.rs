@@ -8,6 +8,7 @@ pub mod bedrock;
 pub mod limits;
 pub mod routing;
 mod secret;
+pub mod stepwise;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use secret::{LiveSecret, SecretAllowList, SecretError, SecretValue};
+pub use stepwise::{Resampling, RmAggMethod, Selection, StepTokens, StepwiseSettings};
 pub use validate::{AdaptiveField, ConfigError, MAX_BUDGET_LIMIT, check_adaptive};
 
 /// Default number of candidates when neither the request nor the configuration names one.
@@ -84,9 +86,50 @@ pub struct WorkerConfig {
     /// Default sampling temperature for candidate calls when the request sets none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    /// Reward model for best-of-n; only `llm-judge` is supported.
+    /// Reward model: `llm-judge` (best-of-n with the LLM judge) or the served name of a process
+    /// reward model at `rm_endpoint` (PRM best-of-n, particle filtering, beam search).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rm_name: Option<String>,
+    /// Base URL of the PRM server (vLLM `--runner pooling`); the worker POSTs `{rm_endpoint}/pooling`
+    /// (a trailing `/v1` is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm_endpoint: Option<String>,
+    /// The PRM server's API key (same forms as `api_key`). Only ever sent to `rm_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm_api_key: Option<SecretValue>,
+    /// The PRM's step separator in its input (default `<extra_0>`, Qwen2.5-Math-PRM's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm_step_tag: Option<String>,
+    /// How step scores become an answer's score: `model` (default), `prod`, `min`, `last`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm_agg_method: Option<RmAggMethod>,
+    /// Accepted for the reference's configurations and ignored: the PRM runs in its own server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm_device: Option<String>,
+    /// Where a step ends (string or list; default `"\n\n"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_token: Option<StepTokens>,
+    /// A step containing this text finishes its particle (e.g. `\boxed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token: Option<String>,
+    /// Most steps of one search (default 32, at most 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u32>,
+    /// Token cap of one step (default 512, at most 32768).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_step_tokens: Option<u32>,
+    /// Beam search: partial answers kept after each step; the budget must be a multiple of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beam_width: Option<u32>,
+    /// Particle filtering: `multinomial` (default) or `systematic` resampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resampling: Option<Resampling>,
+    /// Particle filtering: `argmax` (default) or `sample` among the finished particles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+    /// Most generation calls of one step-wise request (default max_budget x max_steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_calls: Option<u32>,
     /// Judge model string (same routing rules as `model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge_model: Option<String>,
@@ -168,8 +211,12 @@ pub enum AlgorithmName {
     /// Majority vote over the candidates' answers or tool calls.
     #[default]
     SelfConsistency,
-    /// Best candidate according to an LLM judge.
+    /// Best candidate according to an LLM judge, or a process reward model (`rm_name`).
     BestOfN,
+    /// Particles extended one step at a time, weighted by a PRM and resampled.
+    ParticleFiltering,
+    /// The best `beam_width` partial answers by PRM score, each expanded budget/beam_width times.
+    BeamSearch,
 }
 
 impl AlgorithmName {
@@ -177,6 +224,8 @@ impl AlgorithmName {
         match self {
             AlgorithmName::SelfConsistency => "self-consistency",
             AlgorithmName::BestOfN => "best-of-n",
+            AlgorithmName::ParticleFiltering => "particle-filtering",
+            AlgorithmName::BeamSearch => "beam-search",
         }
     }
 }
@@ -484,6 +533,19 @@ impl WorkerConfig {
             max_budget: None,
             temperature: None,
             rm_name: None,
+            rm_endpoint: None,
+            rm_api_key: None,
+            rm_step_tag: None,
+            rm_agg_method: None,
+            rm_device: None,
+            step_token: None,
+            stop_token: None,
+            max_steps: None,
+            max_step_tokens: None,
+            beam_width: None,
+            resampling: None,
+            selection: None,
+            max_calls: None,
             judge_model: None,
             judge_provider: None,
             judge_base_url: None,
@@ -516,6 +578,7 @@ impl WorkerConfig {
         for (param, value) in [
             ("api_key", &self.api_key),
             ("judge_api_key", &self.judge_api_key),
+            ("rm_api_key", &self.rm_api_key),
         ] {
             if let Some(v) = value {
                 refs.push((param.to_owned(), v.clone()));

@@ -6,7 +6,7 @@
 //! candidates and the judge go, so a configuration the operator accepts is one the worker starts.
 
 use super::bedrock::{BedrockField, check_bedrock_config};
-use super::{AlgorithmName, ConfigError, ProviderKind, WorkerConfig};
+use super::{ConfigError, ProviderKind, WorkerConfig};
 
 /// OpenAI's public API, used for `endpoint: auto` unless `OPENAI_BASE_URL` says otherwise.
 pub const OPENAI_DEFAULT_BASE: &str = "https://api.openai.com/v1";
@@ -151,7 +151,19 @@ pub fn resolve_routes(
         .allow_request_override
         .contains(&super::OverrideKey::Name)
         && cfg.judge_model.is_some();
-    let judge = if cfg.alg == AlgorithmName::BestOfN || requests_may_judge {
+    if cfg.uses_prm() && !main.supports_n() {
+        // Step-wise generation continues a partial assistant message (`continue_final_message`),
+        // which only OpenAI-compatible servers such as vLLM offer.
+        return Err(invalid(
+            "model",
+            format!(
+                "{} with a process reward model needs an OpenAI-compatible generator (vLLM); {} cannot continue a partial answer",
+                cfg.alg.as_str(),
+                main.kind().as_str()
+            ),
+        ));
+    }
+    let judge = if cfg.uses_llm_judge() || requests_may_judge {
         let judge = judge_route(cfg, &main, openai_base_env)?;
         check_route(cfg, &judge, "judge_model")?;
         Some(judge)

@@ -19,7 +19,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             param,
             message: message.into(),
@@ -78,14 +78,7 @@ impl WorkerConfig {
                 "exclude_args must not contain empty names",
             ));
         }
-        if let Some(rm) = &self.rm_name
-            && rm != "llm-judge"
-        {
-            return Err(ConfigError::invalid(
-                "rm_name",
-                format!("rm_name {rm:?} is not supported: the only reward model is \"llm-judge\""),
-            ));
-        }
+        super::stepwise::check_stepwise(self)?;
         if self.alg == AlgorithmName::BestOfN
             && self
                 .judge_model
@@ -113,10 +106,13 @@ impl WorkerConfig {
             ));
         }
         if let Some(a) = &self.adaptive {
-            if self.alg == AlgorithmName::BestOfN {
+            if self.alg != AlgorithmName::SelfConsistency {
                 return Err(ConfigError::invalid(
                     "adaptive",
-                    "adaptive applies to self-consistency only, not to best-of-n",
+                    format!(
+                        "adaptive applies to self-consistency only, not to {}",
+                        self.alg.as_str()
+                    ),
                 ));
             }
             check_adaptive(a, max).map_err(|(field, problem)| {
@@ -142,7 +138,7 @@ fn check_provider_resolution(cfg: &WorkerConfig) -> Result<(), ConfigError> {
     super::routing::resolve_routes(cfg, None).map(|_| ())
 }
 
-fn check_endpoint(param: &'static str, value: &str) -> Result<(), ConfigError> {
+pub(super) fn check_endpoint(param: &'static str, value: &str) -> Result<(), ConfigError> {
     if value == "auto" {
         return Ok(());
     }
@@ -279,7 +275,7 @@ mod tests {
                 .validate()
                 .unwrap_err()
                 .param(),
-            Some("rm_name")
+            Some("rm_endpoint")
         );
     }
 

@@ -4,7 +4,7 @@
 //! network calls and no re-serialisation.
 
 pub mod bedrock;
-mod http;
+pub(crate) mod http;
 pub mod openai;
 mod redact;
 mod retry;
@@ -84,6 +84,10 @@ pub struct Candidate {
     pub text: String,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Option<Value>,
+    /// vLLM's `stop_reason`: the stop string that ended the answer, `None` for end-of-sequence
+    /// (or when the upstream does not report it). Step-wise search tells a finished answer
+    /// from a finished step by it.
+    pub stop_reason: Option<String>,
 }
 
 /// A tool call as voted on: name and raw JSON arguments string.
@@ -199,6 +203,7 @@ impl Candidate {
             text,
             tool_calls,
             logprobs,
+            stop_reason: None,
         }
     }
 

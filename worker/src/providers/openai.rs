@@ -135,7 +135,14 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let logprobs = choice.remove("logprobs").filter(|v| !v.is_null());
-        candidates.push(Candidate::from_message(message, finish_reason, logprobs));
+        let mut candidate = Candidate::from_message(message, finish_reason, logprobs);
+        candidate.stop_reason = match choice.get("stop_reason") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A stop token id (vLLM `stop_token_ids`).
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        candidates.push(candidate);
     }
     if candidates.is_empty() {
         return Err(UpstreamError::Malformed("`choices` is empty".into()));
