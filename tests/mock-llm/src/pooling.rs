@@ -74,6 +74,10 @@ pub struct PoolingFault {
     pub rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<u64>,
+    /// Fires on every `/pooling` request after the first `after` ones: a PRM
+    /// that breaks in the middle of a search, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -99,8 +103,11 @@ impl PoolingFault {
         if self.every == Some(0) {
             return Err("`every` must be at least 1".into());
         }
-        if self.rate.is_some() && self.every.is_some() {
-            return Err("use either `rate` or `every`, not both".into());
+        let triggers = usize::from(self.rate.is_some())
+            + usize::from(self.every.is_some())
+            + usize::from(self.after.is_some());
+        if triggers > 1 {
+            return Err("use one of `rate`, `every`, `after`".into());
         }
         let terminal = usize::from(self.status.is_some())
             + usize::from(self.malformed)
@@ -146,10 +153,11 @@ pub struct PoolingFaultOutcome {
 pub fn evaluate_faults(faults: &[PoolingFault], seq: u64, rng: &mut Rng) -> PoolingFaultOutcome {
     let mut out = PoolingFaultOutcome::default();
     for f in faults {
-        let fires = match (f.every, f.rate) {
-            (Some(k), _) => k > 0 && seq > 0 && seq.is_multiple_of(k),
-            (None, Some(rate)) => rng.next_f64() < rate,
-            (None, None) => true,
+        let fires = match (f.every, f.rate, f.after) {
+            (Some(k), _, _) => k > 0 && seq > 0 && seq.is_multiple_of(k),
+            (None, Some(rate), _) => rng.next_f64() < rate,
+            (None, None, Some(n)) => seq > n,
+            (None, None, None) => true,
         };
         if !fires {
             continue;
@@ -456,6 +464,15 @@ mod tests {
         assert_eq!(actions[2], Some(PoolingAction::WrongRows));
         assert_eq!(actions[5], Some(PoolingAction::WrongRows));
         assert_eq!(evaluate_faults(&faults, 1, &mut rng).delay_ms, 4);
+        let after: Vec<PoolingFault> =
+            serde_yaml::from_str("[{after: 2, malformed: true}]").unwrap();
+        let fired: Vec<u64> = (1..=4)
+            .filter(|&s| evaluate_faults(&after, s, &mut rng).action.is_some())
+            .collect();
+        assert_eq!(fired, [3, 4]);
+        let both: Vec<PoolingFault> =
+            serde_yaml::from_str("[{after: 2, every: 2, malformed: true}]").unwrap();
+        assert!(both[0].validate().is_err());
         let prm = Prm {
             faults: serde_yaml::from_str("[{wrong_rows: true, malformed: true}]").unwrap(),
             ..Prm::default()

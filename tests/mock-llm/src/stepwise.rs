@@ -8,7 +8,9 @@
 //! marker of its correctness (`Step 3 (ok): ...` / `Step 3 (slip): ...`), so
 //! the particle's progress and whether it is still on a correct path are read
 //! back from the request itself. The final step boxes the correct answer only
-//! when every step of the particle was correct.
+//! when every step of the particle was correct. Each step also carries a
+//! random four-hex-digit draft tag (`Step 3 (ok): [1f0a] ...`): sampled steps
+//! differ in text like a real model's, while their length stays fixed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -220,7 +222,10 @@ pub fn generate(steps: &Steps, req: &StepRequest, rng: &mut Rng) -> StepReply {
         } else {
             FILLERS[(i - 1) % FILLERS.len()].to_string()
         };
-        texts.push(format!("Step {i}{marker}{body}"));
+        // A per-step draft tag makes every sampled step a different text, as a real model's
+        // are, so the PRM's text-keyed noise is drawn afresh for each path.
+        let draft = rng.next_u64() & 0xffff;
+        texts.push(format!("Step {i}{marker}[{draft:04x}] {body}"));
         i += 1;
         if !req.stop.is_empty() {
             break;
@@ -338,6 +343,10 @@ mod tests {
             } else {
                 assert_eq!(r.stop_reason, None);
                 assert!(r.text.ends_with("\\boxed{42}."), "{}", r.text);
+                assert_eq!(
+                    r.text.len(),
+                    "Step 6 (ok): [0000] so the final answer is \\boxed{42}.".len()
+                );
             }
             // The worker joins steps with the step token, with a trailing
             // one while the particle is still going.
@@ -414,6 +423,8 @@ mod tests {
         let r = generate(&all_ok(), &req("", &[":"]), &mut rng);
         assert_eq!(r.text, "Step 1 (ok)");
         assert_eq!(r.stop_reason.as_deref(), Some(":"));
+        let r = generate(&all_ok(), &req("", &["]"]), &mut rng);
+        assert_eq!(r.text.len(), "Step 1 (ok): [0000".len());
         let capped = StepRequest {
             max_tokens: Some(2),
             ..req("", &["\n\n"])
