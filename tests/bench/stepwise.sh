@@ -8,17 +8,18 @@
 # REQUESTS requests, CONCURRENCY at a time, and reports accuracy (the answer boxes the correct
 # 42), generation and PRM calls per request (from the simulator's counters), and the median
 # and p90 wall time per request.
-# Then the worker's own time per step: particle filtering at budget 8 with an injected
-# generation latency of LATENCY_MS per call and none on the PRM; (wall - steps x LATENCY_MS)
-# / steps is what the worker (plus the simulator's own handling) adds per step.
+# Then the worker's own time per step: 20 particle-filtering requests at budget 8, one at a
+# time, with an injected generation latency of LATENCY_MS per call and none on the PRM;
+# (median wall - steps x LATENCY_MS) / steps is what the worker (plus the simulator's own
+# handling of 8 step calls and one PRM call) adds per step.
 # Env: REQUESTS (default 100), CONCURRENCY (default 4), LATENCY_MS (default 50), SEED (default
 # 11), ALGS (default "self-consistency best-of-n-prm beam-search particle-filtering"),
-# SKIP_BUILD=1.
+# SKIP_BUILD=1, INFERSCALE_BIN_DIR (binaries to use instead of the release build's).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 [[ ${SKIP_BUILD:-0} == 1 ]] || cargo build --release --locked -p inferscale-worker -p mock-llm >&2
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN=${INFERSCALE_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$WORK"' EXIT
 
@@ -39,6 +40,7 @@ MOCK, WORKER = os.environ["MOCK_URL"], os.environ["WORKER_URL"]
 REQUESTS = int(os.environ.get("REQUESTS", "100"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "4"))
 LATENCY_MS = int(os.environ.get("LATENCY_MS", "50"))
+OVERHEAD_REQUESTS = 20
 ALGS = os.environ.get("ALGS", "self-consistency best-of-n-prm beam-search particle-filtering").split()
 STEPS = {"count": 6, "p_correct": 0.8, "answer": "42", "distractors": 4}
 CORRECT = "\\boxed{42}"
@@ -85,11 +87,11 @@ def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
-def run(alg, budget):
+def run(alg, budget, requests=REQUESTS, concurrency=CONCURRENCY):
     configure(alg)
     http("POST", f"{MOCK}/_mock/reset", {})
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        results = list(pool.map(lambda _: one(budget), range(REQUESTS)))
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda _: one(budget), range(requests)))
     _, stats = http("GET", f"{MOCK}/_mock/stats")
     return results, stats
 
@@ -113,17 +115,17 @@ for alg in ALGS:
 if "particle-filtering" in ALGS:
     scenario(LATENCY_MS)
     try:
-        results, stats = run("particle-filtering", 8)
+        results, stats = run("particle-filtering", 8, requests=OVERHEAD_REQUESTS, concurrency=1)
     except RuntimeError as e:
         print(f"\nper-step overhead not measured: {e}")
     else:
         # Every particle runs the same number of steps in lock step; steps per request = the
         # generation calls of one particle. Lock-step rounds = calls / particles.
-        rounds = stats["requests"] / REQUESTS / 8
+        rounds = stats["requests"] / OVERHEAD_REQUESTS / 8
         walls = sorted(e * 1000 for _, e in results)
         med = statistics.median(walls)
         per_step = (med - rounds * LATENCY_MS) / rounds
-        print(f"\nParticle filtering, budget 8, generation latency {LATENCY_MS} ms, PRM 0 ms: "
+        print(f"\nParticle filtering, budget 8, one request at a time, generation latency {LATENCY_MS} ms, PRM 0 ms: "
               f"{rounds:.2f} steps per request, median wall {med:.0f} ms, "
               f"worker + simulator time per step {per_step:.1f} ms (median wall / steps - {LATENCY_MS} ms).")
 PY
