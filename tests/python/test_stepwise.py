@@ -145,12 +145,13 @@ def test_particle_filtering_usage_and_wire_format(step_worker, step_mock):
     assert all(b["model"] == "prm" for b in pooled)
 
 
-def test_particle_filtering_follows_the_prm_to_a_correct_path(step_worker, step_mock):
+@pytest.mark.parametrize("resampling", ["multinomial", "systematic"])
+def test_particle_filtering_follows_the_prm_to_a_correct_path(step_worker, step_mock, resampling):
     worker, mock = step_worker, step_mock
     # A whole solution is correct with 0.7^6 = 0.12; with a PRM that nearly always ranks a
     # correct path above a broken one, resampling keeps the correct paths alive.
     scenario(mock, p_correct=0.7, auc=0.999)
-    worker.configure(config(mock, "particle-filtering"))
+    worker.configure(config(mock, "particle-filtering", resampling=resampling))
     before = metric(worker, "inferscale_search_resamplings_total", 'algorithm="particle-filtering"')
     answers = []
     for _ in range(6):
