@@ -384,7 +384,7 @@ def test_oversized_body_unknown_route_and_wrong_method(worker, mock):
 
 
 @pytest.mark.parametrize("config,param,fragment", [
-    ({"model": "m", "alg": "beam-search"}, "alg", "unknown variant `beam-search`"),
+    ({"model": "m", "alg": "particle-gibbs"}, "alg", "unknown variant `particle-gibbs`"),
     ({"model": "m", "regex_patterns": ["("]}, "regex_patterns", "not a valid regular expression"),
     ({"model": "m", "tool_vote": "by_vibes"}, "tool_vote", "unknown variant `by_vibes`"),
     ({"model": "m", "surprise": True}, None, "unknown field `surprise`"),

@@ -159,10 +159,13 @@ pub fn choose_algorithm(
         ));
     }
     if let Some(a) = &requested.adaptive {
-        if algorithm == AlgorithmName::BestOfN {
+        if algorithm != AlgorithmName::SelfConsistency {
             return Err(OverrideError::new(
                 "algorithm.adaptive",
-                "adaptive applies to self-consistency only, not to best-of-n",
+                format!(
+                    "adaptive applies to self-consistency only, not to {}",
+                    algorithm.as_str()
+                ),
             ));
         }
         check_adaptive(a, defaults.max_budget).map_err(|(field, problem)| {
@@ -448,6 +451,26 @@ mod tests {
         // The window is never wider than the budget.
         let small = choose_algorithm(None, &defaults(&[], Some(&a)), 3).unwrap();
         assert_eq!(small.adaptive.unwrap().parallelism, 3);
+    }
+
+    #[test]
+    fn step_wise_endpoints_refuse_switching_and_adaptive_overrides() {
+        let mut pf = defaults(ALL_KEYS, None);
+        pf.algorithm = AlgorithmName::ParticleFiltering;
+        let e = choose_algorithm(Some(&json!({"name": "self-consistency"})), &pf, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.name");
+        let e = choose_algorithm(Some(&json!({"adaptive": {"rule": "beta"}})), &pf, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.adaptive");
+        assert!(
+            e.message.contains("not to particle-filtering"),
+            "{}",
+            e.message
+        );
+        let sc = defaults(ALL_KEYS, None);
+        let e = choose_algorithm(Some(&json!({"name": "beam-search"})), &sc, 8).unwrap_err();
+        assert_eq!(e.param, "algorithm.name");
+        // Naming the endpoint's own algorithm is not a switch.
+        choose_algorithm(Some(&json!({"name": "particle-filtering"})), &pf, 8).unwrap();
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! bill; the defaults are the values the runtime uses when a field is absent.
 
 use super::validate::ConfigError;
+// The step-wise search bounds live beside their fields; listed here with every other bound.
+pub use super::stepwise::{
+    DEFAULT_MAX_STEP_TOKENS, DEFAULT_MAX_STEPS, MAX_CALLS_LIMIT, MAX_STEP_TOKENS_LIMIT,
+    MAX_STEPS_LIMIT,
+};
 use super::{ServerSettings, UpstreamSettings};
 
 /// TCP connect timeout of upstream calls when none is configured, in seconds.

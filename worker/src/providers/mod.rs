@@ -84,10 +84,20 @@ pub struct Candidate {
     pub text: String,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Option<Value>,
-    /// vLLM's `stop_reason`: the stop string that ended the answer, `None` for end-of-sequence
-    /// (or when the upstream does not report it). Step-wise search tells a finished answer
-    /// from a finished step by it.
-    pub stop_reason: Option<String>,
+    /// vLLM's `stop_reason`. Step-wise search tells a finished answer from a finished step by it.
+    pub stop_reason: UpstreamStop,
+}
+
+/// Why the upstream stopped generating, as vLLM reports it in a choice's `stop_reason`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UpstreamStop {
+    /// No `stop_reason` field (OpenAI and most servers other than vLLM).
+    #[default]
+    NotReported,
+    /// `null`: the model ended its answer (or a stop token id matched).
+    EndOfSequence,
+    /// One of the request's `stop` strings matched (it is not part of the text).
+    Matched(String),
 }
 
 /// A tool call as voted on: name and raw JSON arguments string.
@@ -203,7 +213,7 @@ impl Candidate {
             text,
             tool_calls,
             logprobs,
-            stop_reason: None,
+            stop_reason: UpstreamStop::NotReported,
         }
     }
 

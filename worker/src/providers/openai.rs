@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError,
-    RetryPolicy, UpstreamError, Usage, post_json, redact, send_with_retries,
+    RetryPolicy, UpstreamError, UpstreamStop, Usage, post_json, redact, send_with_retries,
 };
 use crate::config::{LiveSecret, ProviderKind};
 
@@ -137,10 +137,10 @@ pub fn parse_completion(body: &[u8]) -> Result<Completion, UpstreamError> {
         let logprobs = choice.remove("logprobs").filter(|v| !v.is_null());
         let mut candidate = Candidate::from_message(message, finish_reason, logprobs);
         candidate.stop_reason = match choice.get("stop_reason") {
-            Some(Value::String(s)) => Some(s.clone()),
-            // A stop token id (vLLM `stop_token_ids`).
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
+            None => UpstreamStop::NotReported,
+            Some(Value::String(s)) => UpstreamStop::Matched(s.clone()),
+            // `null`, or a stop token id (vLLM `stop_token_ids`): the answer ended.
+            Some(_) => UpstreamStop::EndOfSequence,
         };
         candidates.push(candidate);
     }

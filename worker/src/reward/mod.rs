@@ -12,13 +12,15 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::config::LiveSecret;
-use crate::providers::http::{PostAuth, post_json};
-use crate::providers::{RetryPolicy, UpstreamError, redact};
+use crate::providers::http::transport_error;
+use crate::providers::{RetryPolicy, UpstreamError, parse_retry_after, redact};
 
 pub use pooling::{PrmResponseError, PrmScores};
 
 /// Longest upstream error text kept in a PRM error.
 const ERROR_TEXT_LIMIT: usize = 300;
+/// Largest PRM answer read: 1000 particles x 256 steps of `[p, q]` rows is about 10 MB.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a PRM call gave no scores.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,26 +99,60 @@ impl PrmClient {
         })
     }
 
+    /// One POST. The answer is read in chunks and refused past [`MAX_ANSWER_BYTES`] (an error
+    /// body past [`ERROR_TEXT_LIMIT`] is cut), so a broken or hostile PRM server cannot make the
+    /// worker buffer without bound.
     async fn post_once(&self, body: &Bytes) -> Result<Bytes, UpstreamError> {
+        let timeout = self.s.call_timeout;
         let key = self.s.api_key.as_ref().map(|k| k.get());
-        let auth = key.as_deref().map_or(PostAuth::None, PostAuth::Bearer);
-        post_json(
-            &self.s.client,
-            &self.url,
-            body,
-            self.s.call_timeout,
-            auth,
-            |resp| {
-                let text = String::from_utf8_lossy(&resp.body);
-                let message = scrub(text.trim(), key.as_deref());
-                UpstreamError::Status {
-                    status: resp.status,
-                    message,
-                    retry_after: resp.retry_after,
+        let mut req = self
+            .s
+            .client
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .timeout(timeout)
+            .body(body.clone());
+        if let Some(k) = key.as_deref().filter(|k| !k.is_empty()) {
+            req = req.bearer_auth(k);
+        }
+        let mut resp = req.send().await.map_err(|e| transport_error(e, timeout))?;
+        let status = resp.status();
+        let retry_after = parse_retry_after(
+            resp.headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let limit = if status.is_success() {
+            MAX_ANSWER_BYTES
+        } else {
+            ERROR_TEXT_LIMIT
+        };
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transport_error(e, timeout))?
+        {
+            if buf.len() + chunk.len() > limit {
+                if status.is_success() {
+                    return Err(UpstreamError::Malformed(format!(
+                        "the reward model's answer is larger than {MAX_ANSWER_BYTES} bytes"
+                    )));
                 }
-            },
-        )
-        .await
+                buf.extend_from_slice(&chunk[..limit - buf.len()]);
+                break;
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&buf);
+            return Err(UpstreamError::Status {
+                status: status.as_u16(),
+                message: scrub(text.trim(), key.as_deref()),
+                retry_after,
+            });
+        }
+        Ok(Bytes::from(buf))
     }
 }
 
@@ -241,6 +277,17 @@ mod tests {
             text.contains("500") && !text.contains("sk-prm-secret"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_answer_is_refused_without_buffering_it_all() {
+        let huge = format!(r#"{{"data":[],"pad":"{}"}}"#, " ".repeat(MAX_ANSWER_BYTES));
+        let (url, _) = prm(vec![(StatusCode::OK, huge)]).await;
+        let e = client(url, None)
+            .score(&["a".into()], &[1])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
     }
 
     #[tokio::test]

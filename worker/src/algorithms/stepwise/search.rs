@@ -200,7 +200,34 @@ pub async fn run(
         .steps
         .with_label_values(&[label])
         .observe(f64::from(t.steps));
+    record_cost(metrics, label, &t);
     finish(inputs, s, particles, t, joiner, budget)
+}
+
+/// The shared cost metrics: step calls count as candidates, the PRM's tokens as `reward`.
+fn record_cost(metrics: &Metrics, label: &str, t: &Tally) {
+    let failed = t.errors.len().min(t.generation_calls);
+    metrics
+        .candidates
+        .with_label_values(&[label, "ok"])
+        .inc_by((t.generation_calls - failed) as u64);
+    metrics
+        .candidates
+        .with_label_values(&[label, "error"])
+        .inc_by(failed as u64);
+    for (kind, n) in [
+        ("prompt", t.usage.prompt_tokens),
+        ("completion", t.usage.completion_tokens),
+    ] {
+        metrics
+            .tokens
+            .with_label_values(&[kind, "candidate"])
+            .inc_by(n);
+    }
+    metrics
+        .tokens
+        .with_label_values(&["prompt", "reward"])
+        .inc_by(t.reward_prompt_tokens);
 }
 
 /// Generates the next step of every `live` particle at once.
@@ -255,7 +282,7 @@ async fn extend(
         };
         let end = StepEnd {
             finish_reason: c.finish_reason.as_deref(),
-            stop_reason: c.stop_reason.as_deref(),
+            stop: &c.stop_reason,
         };
         let p = &mut particles[i];
         let done = u32::try_from(p.steps.len() + 1).unwrap_or(u32::MAX);
@@ -471,6 +498,10 @@ pub async fn run_prm_best_of_n(
     let mut t = Tally::default();
     let scored = score(setup, &texts, &rows, label, metrics, &mut t).await;
     outcome.upstream_time += t.upstream_time;
+    metrics
+        .tokens
+        .with_label_values(&["prompt", "reward"])
+        .inc_by(t.reward_prompt_tokens);
     let vote = match std::mem::replace(&mut outcome.detail, Detail::Stepwise(Box::default())) {
         Detail::Vote(v) => Some(v),
         _ => None,

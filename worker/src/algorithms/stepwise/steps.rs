@@ -1,6 +1,8 @@
 //! How steps become a partial answer and when a particle is finished. Pure; the joining rule
 //! and its test vectors are the reference's (its_hub `StepGeneration`, docs/algorithms.md).
 
+use crate::providers::UpstreamStop;
+
 /// The text of a partial answer: the steps joined with the step token, plus a trailing step
 /// token while the particle is still going, so the next step starts on a fresh line. The
 /// upstream drops the stop string from each step (vLLM's default), which is why it is put back.
@@ -17,8 +19,8 @@ pub fn join_steps(steps: &[String], step_token: &str, finished: bool) -> String 
 pub struct StepEnd<'a> {
     /// `finish_reason`: `stop` or `length` (others are treated as `stop`).
     pub finish_reason: Option<&'a str>,
-    /// vLLM's `stop_reason`: which stop string ended it, `None` for end-of-sequence.
-    pub stop_reason: Option<&'a str>,
+    /// vLLM's `stop_reason`.
+    pub stop: &'a UpstreamStop,
 }
 
 /// The rules that finish a particle, from the configuration.
@@ -31,9 +33,11 @@ pub struct StopRules<'a> {
 
 impl StopRules<'_> {
     /// Whether the particle is finished after this step, its `steps_done`-th (1-based):
-    /// the step contains `stop_token`; or the model ended its answer (`finish_reason: stop`
-    /// without a step token as the stop reason); or `max_steps` steps are done. A step cut by
-    /// the per-step token cap (`length`) continues in the next step.
+    /// `max_steps` steps are done; or the step contains `stop_token`; or the model ended its
+    /// answer — vLLM reports `stop_reason: null` (end of sequence) rather than one of the step
+    /// tokens, or the step is empty. A step cut by the per-step token cap (`length`) continues.
+    /// A server that does not report `stop_reason` cannot tell a step's end from the answer's,
+    /// so there only `stop_token`, an empty step and `max_steps` finish a particle.
     pub fn finished(&self, step: &str, end: StepEnd<'_>, steps_done: u32) -> bool {
         if steps_done >= self.max_steps {
             return true;
@@ -41,11 +45,16 @@ impl StopRules<'_> {
         if self.stop_token.is_some_and(|t| step.contains(t)) {
             return true;
         }
-        match end.finish_reason {
-            Some("length") => false,
-            _ => !end
-                .stop_reason
-                .is_some_and(|r| self.step_tokens.iter().any(|t| t == r)),
+        if end.finish_reason == Some("length") {
+            return false;
+        }
+        if step.trim().is_empty() {
+            return true;
+        }
+        match end.stop {
+            UpstreamStop::NotReported => false,
+            UpstreamStop::EndOfSequence => true,
+            UpstreamStop::Matched(s) => !self.step_tokens.iter().any(|t| t == s),
         }
     }
 }
@@ -74,36 +83,42 @@ mod tests {
         }
     }
 
-    const AT_STEP: StepEnd<'static> = StepEnd {
-        finish_reason: Some("stop"),
-        stop_reason: Some("\n\n"),
-    };
+    fn at_step(stop: &UpstreamStop) -> StepEnd<'_> {
+        StepEnd {
+            finish_reason: Some("stop"),
+            stop,
+        }
+    }
+
+    fn matched(s: &str) -> UpstreamStop {
+        UpstreamStop::Matched(s.to_owned())
+    }
 
     #[test]
     fn a_step_ended_by_the_step_token_continues() {
         let t = ["\n\n".to_owned()];
-        assert!(!rules(&t, Some("\\boxed")).finished("Step 1: x", AT_STEP, 1));
+        let m = matched("\n\n");
+        assert!(!rules(&t, Some("\\boxed")).finished("Step 1: x", at_step(&m), 1));
     }
 
     #[test]
     fn stop_token_end_of_sequence_and_max_steps_finish() {
         let t = ["\n\n".to_owned()];
         let r = rules(&t, Some("\\boxed"));
-        assert!(r.finished("so \\boxed{4}", AT_STEP, 1));
-        let eos = StepEnd {
-            finish_reason: Some("stop"),
-            stop_reason: None,
-        };
-        assert!(rules(&t, None).finished("the end", eos, 2));
-        assert!(r.finished("Step 4: x", AT_STEP, 4));
+        let m = matched("\n\n");
+        assert!(r.finished("so \\boxed{4}", at_step(&m), 1));
+        let eos = UpstreamStop::EndOfSequence;
+        assert!(rules(&t, None).finished("the end", at_step(&eos), 2));
+        assert!(r.finished("Step 4: x", at_step(&m), 4));
     }
 
     #[test]
     fn a_step_cut_by_the_token_cap_continues() {
         let t = ["\n\n".to_owned()];
+        let eos = UpstreamStop::EndOfSequence;
         let cut = StepEnd {
             finish_reason: Some("length"),
-            stop_reason: None,
+            stop: &eos,
         };
         assert!(!rules(&t, None).finished("a long ste", cut, 1));
     }
@@ -111,10 +126,18 @@ mod tests {
     #[test]
     fn any_of_several_step_tokens_continues() {
         let t = ["\n\n".to_owned(), "\nStep".to_owned()];
-        let end = StepEnd {
-            finish_reason: Some("stop"),
-            stop_reason: Some("\nStep"),
-        };
-        assert!(!rules(&t, None).finished("x", end, 1));
+        let m = matched("\nStep");
+        assert!(!rules(&t, None).finished("x", at_step(&m), 1));
+    }
+
+    #[test]
+    fn without_a_reported_stop_reason_only_stop_token_empty_step_or_max_steps_finish() {
+        let t = ["\n\n".to_owned()];
+        let silent = UpstreamStop::NotReported;
+        let r = rules(&t, Some("\\boxed"));
+        assert!(!r.finished("Step 1: x", at_step(&silent), 1));
+        assert!(r.finished("so \\boxed{4}", at_step(&silent), 2));
+        assert!(r.finished("  ", at_step(&silent), 2));
+        assert!(r.finished("Step 4", at_step(&silent), 4));
     }
 }
