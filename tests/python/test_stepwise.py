@@ -10,6 +10,7 @@ that really follows the PRM ends on a correct path where unguided sampling mostl
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -310,3 +311,35 @@ def test_beam_budget_must_be_a_multiple_of_the_width(step_worker, step_mock):
     assert (e.value.param, e.value.type) == ("budget", BAD)
     assert "budget (6)" in str(e.value) and "beam_width (4)" in str(e.value)
     assert mock.stats()["requests"] == 0
+
+
+# --- bounds and secrets -----------------------------------------------------------------------
+
+def test_max_calls_stops_the_search_and_says_so(step_worker, step_mock):
+    worker, mock = step_worker, step_mock
+    scenario(mock)
+    # 4 particles x 6 steps would be 24 calls; 10 allows two whole steps.
+    worker.configure(config(mock, "particle-filtering", max_calls=10))
+    resp, meta = ask(worker, 4)
+    search = meta["search"]
+    assert search["max_calls_reached"] is True, search
+    assert search["generation_calls"] <= 10 and search["generation_calls"] == mock.stats()["requests"]
+    assert resp.choices[0].finish_reason == "length"
+    assert CORRECT not in resp.choices[0].message.content
+
+
+def test_the_prm_key_goes_to_the_prm_only(step_worker, step_mock):
+    worker, mock = step_worker, step_mock
+    scenario(mock)
+    reply = worker.configure(config(mock, "particle-filtering", api_key="sk-generator-key",
+                                    rm_api_key="sk-prm-key"))
+    _, meta = ask(worker, 2)
+    calls = mock.requests(200)
+    pooled = [c for c in calls if c["path"] == "/pooling"]
+    generated = [c for c in calls if c["path"] == "/v1/chat/completions"]
+    assert pooled and generated
+    assert {c["authorization"] for c in pooled} == {"Bearer sk-prm-key"}
+    assert {c["authorization"] for c in generated} == {"Bearer sk-generator-key"}
+    # Never echoed back or logged.
+    assert "sk-prm-key" not in json.dumps(reply) + json.dumps(meta)
+    assert "sk-prm-key" not in "".join(worker.proc.stderr_lines)
