@@ -20,11 +20,13 @@ mod converse;
 mod engine;
 mod judge;
 mod openai;
+mod pooling;
 mod rng;
 mod scenario;
 mod server;
 mod sigv4;
 mod state;
+mod stepwise;
 
 use std::io::Write;
 use std::path::PathBuf;

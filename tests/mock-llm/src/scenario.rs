@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Number, Value, json};
 
+use crate::pooling::Prm;
+use crate::stepwise::Steps;
+
 /// Effective scenario. Deserialised through [`ScenarioFile`] so that the
 /// defaulting rules (see `tool_answers`) and validation always apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +25,12 @@ pub struct Scenario {
     pub aws: Option<AwsCredentials>,
     pub stream: StreamConfig,
     pub models: Vec<String>,
+    /// Step-wise reasoning mode (stepwise.rs); `None`: scripted answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Steps>,
+    /// The process reward model behind `/pooling` (pooling.rs); `None`: its defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prm: Option<Prm>,
     pub answer_draw: AnswerDraw,
 }
 
@@ -60,6 +69,10 @@ pub struct ScenarioFile {
     #[serde(default)]
     models: Option<Vec<String>>,
     #[serde(default)]
+    steps: Option<Steps>,
+    #[serde(default)]
+    prm: Option<Prm>,
+    #[serde(default)]
     answer_draw: AnswerDraw,
 }
 
@@ -85,6 +98,8 @@ impl TryFrom<ScenarioFile> for Scenario {
             aws: f.aws,
             stream: f.stream.unwrap_or(d.stream),
             models: f.models.unwrap_or(d.models),
+            steps: f.steps,
+            prm: f.prm,
             answer_draw: f.answer_draw,
         };
         s.validate()?;
@@ -131,6 +146,12 @@ impl Scenario {
         {
             return Err("`aws.access_key_id` and `aws.secret_access_key` must be non-empty".into());
         }
+        if let Some(steps) = &self.steps {
+            steps.validate()?;
+        }
+        if let Some(prm) = &self.prm {
+            prm.validate()?;
+        }
         Ok(())
     }
 }
@@ -166,6 +187,8 @@ impl Default for Scenario {
             aws: None,
             stream: StreamConfig::default(),
             models: vec!["mock-model".to_string()],
+            steps: None,
+            prm: None,
             answer_draw: AnswerDraw::Cycle,
         }
     }
@@ -499,9 +522,31 @@ judge:
             "answers: [{tool_calls: [{name: x, arguments: 3}]}]",
             "judge: {bogus: 1}",
             "stream: {chunk_chars: 0}",
+            "steps: {count: 0}",
+            "steps: {p: 0.5}",
+            "prm: {auc: 1.5}",
+            "prm: {faults: [{every: 2}]}",
         ] {
             assert!(Scenario::parse(bad).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn step_mode_blocks_are_defaulted_and_round_trip() {
+        let s = Scenario::parse(
+            "steps: {p_correct: 0.5}\nprm: {faults: [{every: 2, wrong_rows: true}]}",
+        )
+        .unwrap();
+        let steps = s.steps.as_ref().unwrap();
+        assert_eq!(
+            (steps.count, steps.p_correct, steps.answer.as_str()),
+            (6, 0.5, "42")
+        );
+        let prm = s.prm.as_ref().unwrap();
+        assert_eq!((prm.auc, prm.step_tag.as_str()), (0.8, "<extra_0>"));
+        let back = Scenario::parse(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(Scenario::default().steps, None);
     }
 
     #[test]

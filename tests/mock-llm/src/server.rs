@@ -25,6 +25,8 @@ use crate::openai::{self, RenderCtx, Usage};
 use crate::scenario::{Answer, AnswerDraw, Scenario};
 use crate::sigv4::{self, RequestParts, VerifyError};
 use crate::state::{AppState, MAX_RECORDED, RequestGuard, Stats};
+use crate::stepwise::{self, Steps};
+use crate::{openai::ChatRequest, pooling};
 
 pub const SERVICE_TIME_HEADER: &str = "x-mock-service-time-us";
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -35,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/model/{model_id}/converse", post(converse_handler))
+        .route("/pooling", post(pooling_handler))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/_mock/scenario", get(get_scenario).put(put_scenario))
@@ -271,6 +274,12 @@ async fn chat_inner(
         }
         None => {}
     }
+    if let Some(steps) = &scn.steps
+        && d.judge.is_none()
+        && !req.conv.has_tools
+    {
+        return step_reply(st, &scn, steps, &req, &value, d.seq);
+    }
     let choices = answer_choices(st, &scn, &req.conv, &d, req.n);
     let ctx = RenderCtx {
         id: format!("chatcmpl-mock-{}", d.seq),
@@ -293,6 +302,86 @@ async fn chat_inner(
             &openai::render_completion(&ctx, &choices, usage),
         )
     }
+}
+
+/// Step mode: one step (or the rest of the solution) per choice, with
+/// vLLM's `stop_reason` next to each `finish_reason`.
+fn step_reply(
+    st: &AppState,
+    scn: &Scenario,
+    steps: &Steps,
+    req: &ChatRequest,
+    body: &Value,
+    seq: u64,
+) -> Response {
+    let step_req = match stepwise::parse_step_request(body) {
+        Ok(r) => r,
+        Err(msg) => return openai_error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let replies: Vec<stepwise::StepReply> = st.with_rng(|rng| {
+        (0..req.n)
+            .map(|_| stepwise::generate(steps, &step_req, rng))
+            .collect()
+    });
+    let choices: Vec<Resolved> = replies
+        .iter()
+        .map(|r| Resolved {
+            finish: r.finish,
+            ..Resolved::text(r.text.clone())
+        })
+        .collect();
+    let stop_reasons: Vec<Value> = replies
+        .iter()
+        .map(|r| r.stop_reason.clone().map_or(Value::Null, Value::String))
+        .collect();
+    let ctx = RenderCtx {
+        id: format!("chatcmpl-mock-{seq}"),
+        created: unix_now(),
+        model: req.model.clone(),
+    };
+    let usage = Usage::for_choices(prompt_tokens(&req.conv.messages), &choices);
+    if req.stream {
+        let events = openai::render_sse(
+            &ctx,
+            &choices,
+            usage,
+            req.include_usage,
+            scn.stream.chunk_chars,
+        )
+        .into_iter()
+        .map(|e| with_stop_reason_sse(e, &stop_reasons))
+        .collect();
+        return sse_response(events, scn.stream.chunk_delay_ms);
+    }
+    let mut v = openai::render_completion(&ctx, &choices, usage);
+    if let Some(arr) = v["choices"].as_array_mut() {
+        for (c, reason) in arr.iter_mut().zip(&stop_reasons) {
+            c["stop_reason"] = reason.clone();
+        }
+    }
+    json_response(StatusCode::OK, &v)
+}
+
+/// Add `stop_reason` to the finish chunk of an SSE event.
+fn with_stop_reason_sse(event: String, stop_reasons: &[Value]) -> String {
+    let Some(data) = event
+        .strip_prefix("data: ")
+        .and_then(|d| d.strip_suffix("\n\n"))
+    else {
+        return event;
+    };
+    let Ok(mut chunk) = serde_json::from_str::<Value>(data) else {
+        return event;
+    };
+    let Some(choice) = chunk["choices"].get_mut(0) else {
+        return event;
+    };
+    if choice["finish_reason"].is_null() {
+        return event;
+    }
+    let index = choice["index"].as_u64().unwrap_or(0) as usize;
+    choice["stop_reason"] = stop_reasons.get(index).cloned().unwrap_or(Value::Null);
+    format!("data: {chunk}\n\n")
 }
 
 fn sse_response(events: Vec<String>, delay_ms: u64) -> Response {
@@ -455,6 +544,86 @@ async fn converse_inner(
     )
 }
 
+// ---------------------------------------------------------------- reward model
+
+fn vllm_error(status: StatusCode, message: &str) -> Response {
+    json_response(status, &pooling::error_body(status.as_u16(), message))
+}
+
+/// `POST /pooling`: a process reward model as vLLM's pooling runner serves it.
+async fn pooling_handler(
+    State(st): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let seq = st.next_pooling_seq();
+    let parsed = parse_body(&body);
+    record_request(&st, seq, &uri, &headers, &parsed);
+    let Ok(value) = parsed else {
+        return vllm_error(StatusCode::BAD_REQUEST, "request body is not valid JSON");
+    };
+    let req = match pooling::parse_request(&value) {
+        Ok(r) => r,
+        Err(msg) => return vllm_error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let scn = st.scenario();
+    let prm = scn.prm.clone().unwrap_or_default();
+    if let Some(model) = &prm.model
+        && *model != req.model
+    {
+        return vllm_error(
+            StatusCode::NOT_FOUND,
+            &format!("The model `{}` does not exist.", req.model),
+        );
+    }
+    let outcome = st.with_rng(|rng| pooling::evaluate_faults(&prm.faults, seq, rng));
+    st.add_faults(outcome.fired);
+    if outcome.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(outcome.delay_ms)).await;
+    }
+    let mut rows: Vec<Vec<[f64; 2]>> = req
+        .inputs
+        .iter()
+        .map(|text| pooling::score_input(&prm, st.seed(), text))
+        .collect();
+    match outcome.action {
+        Some(pooling::PoolingAction::Hang) => return std::future::pending().await,
+        Some(pooling::PoolingAction::Status { status, body }) => {
+            let code = status_code(status);
+            return match body {
+                Some(b) => custom_body_response(code, &b),
+                None => vllm_error(code, &format!("mock-llm injected fault (HTTP {status})")),
+            };
+        }
+        Some(pooling::PoolingAction::Malformed) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"id":"pool-malformed","object":"list","data":[{"index":0,"object":"pool"#,
+            )
+                .into_response();
+        }
+        Some(pooling::PoolingAction::WrongRows) => {
+            if let Some(first) = rows.first_mut()
+                && first.pop().is_none()
+            {
+                first.push([0.5, 0.5]);
+            }
+        }
+        None => {}
+    }
+    let prompt_tokens = req
+        .inputs
+        .iter()
+        .map(|t| crate::engine::tokens_for_chars(t.chars().count()))
+        .sum();
+    json_response(
+        StatusCode::OK,
+        &pooling::render_response(seq, unix_now(), &req.model, &rows, prompt_tokens),
+    )
+}
+
 // ---------------------------------------------------------------- misc + control
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
@@ -525,6 +694,7 @@ struct WaitQuery {
     completed: Option<u64>,
     requests: Option<u64>,
     judge_requests: Option<u64>,
+    pooling_requests: Option<u64>,
     timeout_ms: Option<u64>,
 }
 
@@ -537,6 +707,7 @@ impl WaitQuery {
             (self.completed, s.completed),
             (self.requests, s.requests),
             (self.judge_requests, s.judge_requests),
+            (self.pooling_requests, s.pooling_requests),
         ]
         .iter()
         .all(|(want, have)| want.is_none_or(|w| *have >= w))
@@ -1077,5 +1248,138 @@ mod tests {
         let r = call(addr, "POST", path, &signed_headers(path, bad, &creds), bad).await;
         assert_eq!(r.status, 400);
         assert_eq!(r.header("x-amzn-errortype"), Some("ValidationException"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn step_mode_and_pooling_over_http() {
+        let scn = Scenario::parse(
+            "steps: {count: 2, p_correct: 1.0, answer: \"7\"}\nprm: {model: prm-test, faults: [{every: 3, wrong_rows: true}, {every: 4, status: 500}]}",
+        )
+        .unwrap();
+        let addr = start(scn, None).await;
+        let step = |prefix: Option<&str>, stream: bool| {
+            let mut messages = vec![json!({"role": "user", "content": "q"})];
+            if let Some(p) = prefix {
+                messages.push(json!({"role": "assistant", "content": p}));
+            }
+            json!({"model": "gen", "messages": messages, "stop": ["\n\n"], "max_tokens": 512,
+                   "continue_final_message": prefix.is_some(), "add_generation_prompt": false,
+                   "stream": stream})
+            .to_string()
+        };
+        let v = call(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            NO_HEADERS,
+            &step(None, false),
+        )
+        .await
+        .json();
+        let first = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(first.starts_with("Step 1 (ok): "), "{first}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["choices"][0]["stop_reason"], "\n\n");
+        let prefix = format!("{first}\n\n");
+        let v = call(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            NO_HEADERS,
+            &step(Some(&prefix), false),
+        )
+        .await
+        .json();
+        let second = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(second.starts_with("Step 2 (ok): ["), "{second}");
+        assert!(
+            second.ends_with("] so the final answer is \\boxed{7}."),
+            "{second}"
+        );
+        assert_eq!(v["choices"][0]["stop_reason"], Value::Null);
+        // Streaming: the finish chunk carries stop_reason too.
+        let r = call(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            NO_HEADERS,
+            &step(None, true),
+        )
+        .await;
+        let finish: Vec<Value> = r
+            .body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+            .collect();
+        assert_eq!(finish.len(), 1);
+        assert_eq!(finish[0]["choices"][0]["stop_reason"], "\n\n");
+
+        let render = |steps: &[&str]| {
+            format!(
+                "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n{}<|im_end|><|endoftext|>",
+                steps
+                    .iter()
+                    .map(|s| format!("{s}<extra_0>"))
+                    .collect::<String>()
+            )
+        };
+        let body = json!({"model": "prm-test", "input": [render(&["Step 1 (ok): a."]),
+                                                          render(&["Step 1 (ok): a.", "Step 2 (slip): b."])]})
+        .to_string();
+        let v = call(addr, "POST", "/pooling", NO_HEADERS, &body)
+            .await
+            .json();
+        assert_eq!(v["object"], "list");
+        let data = v["data"].as_array().unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data[0]["data"].as_array().unwrap().len(), 1);
+        assert_eq!(data[1]["data"].as_array().unwrap().len(), 2);
+        // Same text, same score, in either input.
+        assert_eq!(data[0]["data"][0], data[1]["data"][0]);
+        assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+        let wrong_model = body.replace("prm-test", "other");
+        let r = call(addr, "POST", "/pooling", NO_HEADERS, &wrong_model).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.json()["type"], "NotFoundError");
+        // Third /pooling request: one row short.
+        let v = call(addr, "POST", "/pooling", NO_HEADERS, &body)
+            .await
+            .json();
+        assert_eq!(v["data"][0]["data"].as_array().unwrap().len(), 0);
+        let r = call(addr, "POST", "/pooling", NO_HEADERS, &body).await;
+        assert_eq!(r.status, 500);
+        let r = call(
+            addr,
+            "POST",
+            "/pooling",
+            NO_HEADERS,
+            r#"{"model": "prm-test"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["object"], "error");
+        let stats = call(addr, "GET", "/_mock/stats", NO_HEADERS, "")
+            .await
+            .json();
+        assert_eq!(stats["pooling_requests"], 5);
+        assert_eq!(stats["requests"], 3);
+        let w = call(
+            addr,
+            "GET",
+            "/_mock/wait?pooling_requests=5&timeout_ms=100",
+            NO_HEADERS,
+            "",
+        )
+        .await;
+        assert_eq!(w.status, 200);
+        let recorded = call(addr, "GET", "/_mock/requests?limit=1", NO_HEADERS, "")
+            .await
+            .json();
+        assert_eq!(recorded["requests"][0]["path"], "/pooling");
     }
 }

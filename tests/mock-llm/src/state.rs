@@ -35,6 +35,8 @@ pub struct Stats {
     pub signature_failures: u64,
     /// Responses by HTTP status code.
     pub by_status: BTreeMap<String, u64>,
+    /// `/pooling` (reward model) requests; not counted in `requests`.
+    pub pooling_requests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +198,16 @@ impl AppState {
             }
         });
         seqs
+    }
+
+    /// Count a `/pooling` request and return its 1-based sequence number.
+    pub fn next_pooling_seq(&self) -> u64 {
+        let mut seq = 0;
+        self.update(|c| {
+            c.stats.pooling_requests += 1;
+            seq = c.stats.pooling_requests;
+        });
+        seq
     }
 
     pub fn add_faults(&self, n: u64) {
