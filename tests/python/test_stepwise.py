@@ -121,16 +121,17 @@ def test_particle_filtering_usage_and_wire_format(step_worker, step_mock):
         assert p["finished"] and len(p["steps"]) == 6
         assert is_correct_solution("\n\n".join(p["steps"])), p
         assert len(p["step_scores"]) == 6 and all(0 <= s <= 1 for s in p["step_scores"])
-    # usage counts every generation call exactly as the simulator billed it; the PRM's tokens
-    # are reported apart.
+    # usage counts every generation call and every PRM call exactly as the simulator billed
+    # them; the PRM's share is also reported apart.
     gen = recorded(mock, "/v1/chat/completions")
     assert len(gen) == 24
     prompt = sum(tokens("".join(m["content"] for m in b["messages"])) for b in gen)
     completion = 4 * sum(tokens("x" * ok_len(i)) for i in range(1, 7))
-    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (prompt, completion)
-    assert resp.usage.total_tokens == prompt + completion
     pooled = recorded(mock, "/pooling")
-    assert search["reward_prompt_tokens"] == sum(tokens(t) for b in pooled for t in b["input"])
+    reward_prompt = sum(tokens(t) for b in pooled for t in b["input"])
+    assert search["reward_prompt_tokens"] == reward_prompt > 0
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (prompt + reward_prompt, completion)
+    assert resp.usage.total_tokens == prompt + reward_prompt + completion
     # Generation calls continue the partial answer and stop at the step token.
     later = [b for b in gen if b["messages"][-1]["role"] == "assistant"]
     assert len(later) == 20
