@@ -9,13 +9,13 @@ use tokio::sync::Semaphore;
 
 use super::{
     BoxFuture, Candidate, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError,
-    RetryPolicy, UpstreamError, Usage, post_json, redact, send_with_retries,
+    RetryPolicy, UpstreamError, UpstreamUrl, Usage, post_json, redact, send_with_retries,
 };
 use crate::config::{LiveSecret, ProviderKind};
 
 pub struct OpenAiProvider {
     kind: ProviderKind,
-    url: String,
+    url: UpstreamUrl,
     model: String,
     api_key: Option<Arc<LiveSecret>>,
     client: reqwest::Client,
@@ -40,7 +40,10 @@ impl OpenAiProvider {
     pub fn new(s: OpenAiSettings) -> Self {
         Self {
             kind: s.kind,
-            url: format!("{}/chat/completions", s.base_url.trim_end_matches('/')),
+            url: UpstreamUrl::new(format!(
+                "{}/chat/completions",
+                s.base_url.trim_end_matches('/')
+            )),
             model: s.model,
             api_key: s.api_key,
             client: s.client,
