@@ -4,7 +4,10 @@
 //!   tests/k8s/with-cluster.sh env INFERSCALE_K8S_TESTS=1 \
 //!     cargo test --release -p inferscale-operator --test scale -- --ignored --nocapture
 //!
-//! `SCALE_ENDPOINTS` changes the count; `SCALE_KEEP_NAMESPACE=1` keeps the objects afterwards. Results are recorded in BENCHMARKS.md.
+//! `SCALE_ENDPOINTS` changes the count; `SCALE_KEEP_NAMESPACE=1` keeps the objects afterwards.
+//! Where the time goes: the CPU seconds the operator and every control-plane process recorded by
+//! cluster-up.sh in `$STATE/pids` (etcd, kube-apiserver, kube-controller-manager, ...) spent from
+//! the first apply until all were Ready, read from /proc. Results are recorded in BENCHMARKS.md.
 
 mod common;
 
@@ -58,6 +61,9 @@ async fn endpoints_converge_at_scale() {
     .await;
     let idle_rss = op.rss_kib();
 
+    let mut cpu_watch = control_plane_processes();
+    cpu_watch.push(("inferscale-operator".to_string(), pid));
+    let cpu_before: Vec<Option<f64>> = cpu_watch.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let start = Instant::now();
     // Apply like `kubectl apply -f` of a big directory would: many requests in flight.
     futures_util::stream::iter(0..count)
@@ -138,6 +144,13 @@ async fn endpoints_converge_at_scale() {
     )
     .await;
     let (rss, hwm) = op.rss_kib().unwrap_or_default();
+    let cpu_spent: Vec<String> = cpu_watch
+        .iter()
+        .zip(&cpu_before)
+        .filter_map(|((name, p), before)| {
+            Some(format!("{name}={:.1}s", cpu_seconds(*p)? - (*before)?))
+        })
+        .collect();
     let children_applied = applied_all
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
@@ -153,8 +166,42 @@ async fn endpoints_converge_at_scale() {
         peak_rss.max(rss),
         hwm,
     );
+    println!(
+        "BENCH cpu_seconds_from_first_apply_to_all_ready {}",
+        cpu_spent.join(" ")
+    );
     // SCALE_KEEP_NAMESPACE=1 leaves the objects for inspection (e.g. pod timelines).
     if std::env::var("SCALE_KEEP_NAMESPACE").as_deref() != Ok("1") {
         ns.delete().await;
     }
+}
+
+/// The control-plane processes cluster-up.sh recorded ("name pid exe" lines in `$STATE/pids`);
+/// empty when the cluster was not started by tests/k8s (then only the operator is measured).
+fn control_plane_processes() -> Vec<(String, u32)> {
+    let Some(state) = std::env::var_os("STATE") else {
+        return Vec::new();
+    };
+    let pids =
+        std::fs::read_to_string(std::path::Path::new(&state).join("pids")).unwrap_or_default();
+    pids.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?.to_string();
+            let pid = fields.next()?.parse().ok()?;
+            Some((name, pid))
+        })
+        .collect()
+}
+
+/// utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat, counted after the
+/// parenthesised command name, which may contain spaces).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state), so field N is at index N - 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux architecture this runs on.
+    Some(ticks as f64 / 100.0)
 }

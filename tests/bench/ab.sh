@@ -13,7 +13,10 @@
 # Env: BASE (commit, default: merge-base of HEAD and main), RUNS (default 3), DURATION (s, default
 #      10), WARMUP (s, default 2), SCENARIOS (space-separated subset of the names above),
 #      SKIP_BASE_BUILD=1 with BASE_BIN=<path> to reuse a base worker binary, NEW_BIN=<path> to
-#      compare a prebuilt worker instead of the working tree's (e.g. one allocator against another).
+#      compare a prebuilt worker instead of the working tree's (e.g. one allocator against another),
+#      SKIP_TOOLS_BUILD=1 with BIN_DIR=<dir> holding prebuilt mock-llm and loadgen (building them
+#      alone selects other features of shared dependencies than a workspace build, and so
+#      rebuilds those on a warm target dir).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
@@ -23,7 +26,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SCENARIOS=${SCENARIOS:-"b1-c32 b4-c32 b8-c32 b8-c64-20ms b4-c1"}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$TARGET/release
+BIN=${BIN_DIR:-$TARGET/release}
 WORK=$(mktemp -d)
 BASE_TREE=""
 cleanup() {
@@ -44,16 +47,16 @@ else
   rmdir "$BASE_TREE"
   git worktree add --detach "$BASE_TREE" "$BASE" >&2
   (cd "$BASE_TREE" && CARGO_TARGET_DIR=$TARGET cargo build --release --locked -p inferscale-worker >&2)
-  cp "$BIN/inferscale-worker" "$WORK/worker-base"
+  cp "$TARGET/release/inferscale-worker" "$WORK/worker-base"
   git worktree remove --force "$BASE_TREE"
   BASE_TREE=""
 fi
 if [[ -n ${NEW_BIN:-} ]]; then
-  cargo build --release --locked -p mock-llm -p loadgen >&2
+  [[ ${SKIP_TOOLS_BUILD:-0} == 1 ]] || cargo build --release --locked -p mock-llm -p loadgen >&2
   cp "$NEW_BIN" "$WORK/worker-new"
 else
   cargo build --release --locked -p inferscale-worker -p mock-llm -p loadgen >&2
-  cp "$BIN/inferscale-worker" "$WORK/worker-new"
+  cp "$TARGET/release/inferscale-worker" "$WORK/worker-new"
 fi
 if [[ ${SKIP_BASE_BUILD:-0} == 1 ]]; then base_label=$BASE_BIN; else base_label=$(git rev-parse --short "$BASE"); fi
 echo "base: $base_label  new: ${NEW_BIN:-working tree of $(git rev-parse --short HEAD)}" >&2

@@ -7,7 +7,9 @@
 # Labels follow what NVIDIA's GPU operator / GPU feature discovery put on real nodes.
 # Env: KUBECONFIG (admin), K8S_BIN (kubectl is taken from there first), NODES_TIMEOUT (s, default 90),
 #      NODE_PODS (pod capacity per node, default 1500: room for the 1,000-endpoint scale benchmark;
-#      kubelet's 110 left 670 of its worker pods Pending with "Too many pods").
+#      kubelet's 110 left 670 of its worker pods Pending with "Too many pods"). The CPU nodes have
+#      128 cores each for the same reason: a worker pod requests 100m, and 16 + 16 + 64 cores
+#      left the last 40 of 1,000 workers Pending with "Insufficient cpu".
 # Idempotent: existing nodes are left as they are.
 set -euo pipefail
 [[ -n ${K8S_BIN:-} ]] && PATH=$K8S_BIN:$PATH
@@ -54,8 +56,8 @@ status:
   allocatable: $caps
 N
 }
-node cpu-0 16 64Gi  0 ''                     no
-node cpu-1 16 64Gi  0 ''                     no
+node cpu-0 128 64Gi 0 ''                     no
+node cpu-1 128 64Gi 0 ''                     no
 node gpu-0 64 512Gi 8 NVIDIA-A100-SXM4-80GB  no
 node gpu-1 64 512Gi 4 NVIDIA-H100-80GB-HBM3  yes
 

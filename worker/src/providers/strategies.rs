@@ -254,3 +254,51 @@ pub fn plain_conversation() -> impl Strategy<Value = Map<String, Value>> {
         body
     })
 }
+
+/// A `chat.completion` body: mostly well-formed choices (assistant messages, finish reasons,
+/// logprobs) and usage, with any field sometimes replaced by an arbitrary value.
+pub fn completion_body() -> impl Strategy<Value = Value> {
+    let choice = prop_oneof![
+        4 => (
+            message(),
+            prop_oneof![Just(json!("stop")), Just(json!("tool_calls")), json_value()],
+            prop_oneof![Just(Value::Null), json_value()],
+        )
+            .prop_map(|(message, finish_reason, logprobs)| {
+                json!({"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": logprobs})
+            }),
+        1 => json_value(),
+    ];
+    let usage = prop_oneof![
+        (any::<u32>(), any::<u32>()).prop_map(|(p, c)| {
+            json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": u64::from(p) + u64::from(c)})
+        }),
+        json_value(),
+    ];
+    (
+        prop_oneof![
+            4 => prop::collection::vec(choice, 0..4).prop_map(Value::Array),
+            1 => json_value(),
+        ],
+        prop::option::of(usage),
+        prop::option::of(prop_oneof![word().prop_map(Value::String), json_value()]),
+        prop::option::of(json_value()),
+    )
+        .prop_map(|(choices, usage, fingerprint, extra)| {
+            let mut body = Map::new();
+            body.insert("id".into(), json!("chatcmpl-1"));
+            body.insert("object".into(), json!("chat.completion"));
+            body.insert("created".into(), json!(1_700_000_000));
+            body.insert("model".into(), json!("gpt-4o-mini"));
+            body.insert("choices".into(), choices);
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    body.insert(k.into(), v);
+                }
+            };
+            set("usage", usage);
+            set("system_fingerprint", fingerprint);
+            set("service_tier", extra);
+            Value::Object(body)
+        })
+}

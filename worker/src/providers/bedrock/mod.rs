@@ -107,7 +107,7 @@ use self::settings::{AuthPlan, converse_url, plan_auth, resolve_endpoint, resolv
 use self::signing::{SIGNING_NAME, sign_headers};
 use super::{
     BoxFuture, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError, RetryPolicy,
-    UpstreamError, post_json, redact, send_with_retries,
+    UpstreamError, UpstreamUrl, post_json, redact, send_with_retries,
 };
 use crate::config::bedrock::{BedrockConfigError, check_bedrock_config};
 use crate::config::{LiveSecret, ProviderKind, SecretValue};
@@ -128,7 +128,7 @@ pub struct BedrockSettings<'a> {
 pub struct BedrockProvider {
     model_id: String,
     /// Full Converse URL with the model id encoded once; signed and sent as is.
-    url: String,
+    url: UpstreamUrl,
     region: String,
     auth: Auth,
     client: reqwest::Client,
@@ -179,7 +179,7 @@ impl BedrockProvider {
             AuthPlan::Chain => Auth::Chain(CachedChain::new(&region)),
         };
         Ok(Self {
-            url: converse_url(&endpoint, model_id),
+            url: UpstreamUrl::new(converse_url(&endpoint, model_id)),
             model_id: model_id.to_owned(),
             region,
             auth,
@@ -204,7 +204,7 @@ impl BedrockProvider {
                 let creds = self.credentials().await?;
                 let headers = sign_headers(
                     "POST",
-                    &self.url,
+                    self.url.as_str(),
                     &[("content-type", "application/json")],
                     body,
                     creds.clone(),
