@@ -29,6 +29,9 @@ e2e() {
 step "operator integration tests" operator_tests
 step "chart, manifests, Dockerfiles: static checks" tests/e2e/static-checks.sh
 step "end to end: helm install, operator with the chart's RBAC, worker, openai client; dry runs" e2e
+# Its own etcd + kube-apiserver of the chart's oldest claimed version, on ports of its own (built
+# by tests/k8s/build-oldest-apiserver.sh when missing).
+step "oldest claimed Kubernetes (v1.30): CRD and every example accepted" tests/k8s/oldest-apiserver.sh
 # Alone after the others: it swaps the cluster-wide CRD (and restores the committed one).
 step "chart CRD upgrade path: adopt, helm install/upgrade upgrade it, uninstall keeps it" tests/e2e/crd-upgrade.sh
 step "kind (skips without a container engine)" tests/kind/run.sh
