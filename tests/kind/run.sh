@@ -99,6 +99,13 @@ print(json.dumps({"apiVersion": "v1", "kind": "List", "items": out}))
 ' | kubectl -n "$NS" apply -f - >&2
 kubectl -n "$NS" wait --for=condition=Ready scalingendpoint/openai-sc --timeout="${T}s" >&2
 
+# The chart's test hook runs where pods really run (kwok on the local control plane runs none):
+# the operator image probes the operator's /healthz and the example worker's model list.
+log "helm test"
+helm upgrade inferscale charts/inferscale --namespace "$NS_SYS" --reuse-values \
+  --set "helmTest.urls={http://openai-sc.$NS.svc:8108/v1/models}" --wait --timeout "${T}s" >&2
+helm test inferscale --namespace "$NS_SYS" --timeout "${T}s" --logs >&2
+
 log "running the client check in the cluster"
 kubectl -n "$NS" delete job e2e-client --ignore-not-found >&2
 sed "s|inferscale/e2e-client:dev|inferscale/e2e-client:$TAG|" tests/kind/client-job.yaml | kubectl -n "$NS" apply -f - >&2
