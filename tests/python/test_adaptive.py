@@ -64,10 +64,12 @@ def test_a_decided_vote_answers_without_the_stragglers_and_cancels_them(own_work
     # call order could still answer A and become the returned candidate, so only calls after it
     # may be dropped. A window of 3 (adaptive, with a rule that can never reach its threshold of
     # 1, so only the exact decision stops) makes calls 0-2 the simulator's first three requests:
-    # all answer A, the third 300 ms late. Calls 3 and 4 start as the first two answer, become
-    # requests 4 and 5, and hang. When the third A arrives, A has 3 votes against at most 2:
-    # the worker answers and drops calls 3 and 4.
-    mock.scenario({"answers": [{"content": "A"}],
+    # all answer A after 200 ms, the third 300 ms later still. Calls 3 and 4 start as the first
+    # two answer, become requests 4 and 5, and hang. When the third A arrives, A has 3 votes
+    # against at most 2: the worker answers and drops calls 3 and 4. (The 200 ms keep a busy
+    # machine from letting call 3 overtake call 0 on its way to the simulator: call 0 would then
+    # be the one hanging, and an outstanding call before the first A rightly keeps the vote open.)
+    mock.scenario({"answers": [{"content": "A"}], "latency": {"fixed_ms": 200},
                    "faults": [{"every": 3, "delay_ms": 300},
                               {"every": 4, "hang": True}, {"every": 5, "hang": True}]})
     worker.configure(sc_config(mock, adaptive={"rule": "beta", "threshold": 1, "parallelism": 3}))
