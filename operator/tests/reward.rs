@@ -15,7 +15,7 @@ use common::*;
 use inferscale_operator::config_rollout::mounted_config_map;
 use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -85,18 +85,7 @@ async fn the_guides_gpu_layout_serves_generator_and_prm_on_their_own_gpu_nodes()
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, "prm").await;
     // Both vLLM servers must pass the restricted Pod Security Standard, as the docs promise.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            &ns.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            }}})),
-        )
-        .await
-        .unwrap();
+    enforce_restricted_pod_security(&client, &ns.name).await;
     let _op = Operator::start(&ns.name);
     apply_manifest(&client, &ns.name, &read_example("prm-gpu")).await;
 

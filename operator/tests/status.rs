@@ -12,7 +12,7 @@ use common::*;
 use inferscale_operator::config_rollout::mounted_config_map;
 use inferscale_operator::crd::ScalingEndpoint;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -468,18 +468,7 @@ async fn all_examples_are_admitted_under_the_restricted_pod_security_standard() 
     let client = client().await;
     install_crd(&client).await;
     let ns = TestNamespace::create(&client, "restricted").await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            &ns.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            }}})),
-        )
-        .await
-        .unwrap();
+    enforce_restricted_pod_security(&client, &ns.name).await;
     let _op = Operator::start(&ns.name);
     let examples = [
         ("openai-self-consistency", "openai-sc"),

@@ -326,6 +326,20 @@ pub async fn apply_manifest(client: &Client, ns: &str, text: &str) -> Vec<Dynami
     applied
 }
 
+/// Enforces the restricted Pod Security Standard on a namespace, as the docs promise every pod
+/// the operator creates passes it.
+pub async fn enforce_restricted_pod_security(client: &Client, ns: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let labels = serde_json::json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    namespaces
+        .patch(ns, &PatchParams::default(), &Patch::Merge(labels))
+        .await
+        .unwrap();
+}
+
 pub fn read_example(name: &str) -> String {
     std::fs::read_to_string(repo_path(&format!("deploy/examples/{name}.yaml")))
         .expect("example exists")
