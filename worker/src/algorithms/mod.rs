@@ -302,18 +302,26 @@ fn should_stop(
     if successes < adaptive.min_samples {
         return None;
     }
-    let candidates: Vec<Candidate> = slots
-        .iter()
-        .flat_map(|s| match s {
-            Slot::Done(c) => c.to_vec(),
-            Slot::Pending(_) => Vec::new(),
-        })
-        .collect();
-    let vote = vote::vote(&candidates, stopping.vote).ok()?;
-    let counts: Vec<usize> = vote.counts.iter().map(|(_, n)| *n).collect();
+    let counts = vote_counts(finished, stopping.vote)?;
     adaptive
         .confident(&counts)
         .then_some(StopReason::AdaptiveConfident)
+}
+
+/// The vote counts (any order) of the candidates the finished calls brought; empty when none
+/// succeeded, `None` when they cannot be voted on.
+fn vote_counts(finished: &[Option<CallResult>], settings: &VoteSettings) -> Option<Vec<usize>> {
+    let candidates: Vec<Candidate> = finished
+        .iter()
+        .flatten()
+        .filter_map(|r| r.result.as_ref().ok())
+        .flat_map(|c| c.candidates.iter().cloned())
+        .collect();
+    if candidates.is_empty() {
+        return Some(Vec::new());
+    }
+    let vote = vote::vote(&candidates, settings).ok()?;
+    Some(vote.counts.iter().map(|(_, n)| *n).collect())
 }
 
 /// Under an adaptive policy: true when the calls already in flight could be all the rule still
@@ -340,19 +348,8 @@ fn enough_in_flight(
     if pending == 0 {
         return false;
     }
-    let candidates: Vec<Candidate> = finished
-        .iter()
-        .flatten()
-        .filter_map(|r| r.result.as_ref().ok())
-        .flat_map(|c| c.candidates.iter().cloned())
-        .collect();
-    let mut counts: Vec<usize> = if candidates.is_empty() {
-        Vec::new()
-    } else {
-        match vote::vote(&candidates, stopping.vote) {
-            Ok(v) => v.counts.iter().map(|(_, n)| *n).collect(),
-            Err(_) => return false,
-        }
+    let Some(mut counts) = vote_counts(finished, stopping.vote) else {
+        return false;
     };
     match counts.iter_mut().max() {
         Some(leader) => *leader += pending,
