@@ -67,8 +67,19 @@ rm -rf "$STATE/kubectl-cache"
 
 out=$(kc apply --server-side -f "$CRD" 2>&1) || fail "the CRD was refused by $server_version:"$'\n'"$out"
 log "CRD: $out"
-kc wait --for=condition=Established --timeout=60s crd/scalingendpoints.inferscale.dev >&2 ||
-  fail "the CRD never became Established on $server_version: $(kc get crd scalingendpoints.inferscale.dev -o jsonpath='{.status.conditions}')"
+# Polled rather than `kubectl wait --for=condition=Established`: right after the apply the CRD can
+# have no status.conditions yet, and kubectl wait then fails at once instead of waiting.
+established() {
+  [[ $(kc get crd scalingendpoints.inferscale.dev \
+    -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null) == True ]]
+}
+deadline=$((SECONDS + 60))
+until established; do
+  (( SECONDS < deadline )) ||
+    fail "the CRD never became Established on $server_version: $(kc get crd scalingendpoints.inferscale.dev -o jsonpath='{.status.conditions}')"
+  sleep 0.2  # polling interval
+done
+log "CRD Established"
 
 n=0
 for f in "$REPO"/deploy/examples/*.yaml; do
