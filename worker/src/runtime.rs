@@ -26,7 +26,7 @@ use crate::judge::Judge;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
 use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
-use crate::providers::{RetryPolicy, SharedProvider};
+use crate::providers::{HttpClient, RetryPolicy, SharedProvider};
 use crate::reward::{PrmClient, PrmClientSettings};
 
 pub struct Runtime {
@@ -61,6 +61,9 @@ pub struct Runtime {
 pub struct Env {
     pub openai_base_url: Option<String>,
     pub openai_api_key_set: bool,
+    /// An HTTP proxy is configured (`HTTP_PROXY`, `ALL_PROXY`, in either case): plain-HTTP
+    /// upstreams then go through reqwest, which honours it, instead of the worker's own client.
+    pub http_proxy_set: bool,
 }
 
 impl Env {
@@ -70,6 +73,9 @@ impl Env {
                 .or_else(|_| std::env::var("OPENAI_API_BASE"))
                 .ok(),
             openai_api_key_set: std::env::var_os("OPENAI_API_KEY").is_some(),
+            http_proxy_set: ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|p| !p.is_empty())),
         }
     }
 }
@@ -86,7 +92,7 @@ impl Runtime {
     pub fn build(cfg: &WorkerConfig, metrics: &Metrics, env: &Env) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let upstream = cfg.upstream.clone().unwrap_or_default();
-        let client = http_client(&upstream)?;
+        let client = http_client(&upstream, env)?;
         let limit = upstream_limit(&upstream);
 
         // The same resolution and checks `WorkerConfig::validate` ran (and the operator runs).
@@ -193,20 +199,25 @@ fn is_prefixed(model: &str) -> bool {
 
 /// One pooled client per configuration: connections are reused across requests and candidates;
 /// Nagle is off so small request bodies leave at once.
-fn http_client(u: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
+fn http_client(u: &UpstreamSettings, env: &Env) -> Result<HttpClient, ConfigError> {
     let connect_timeout = seconds(
         "upstream.connect_timeout_secs",
         u.connect_timeout_secs,
         DEFAULT_CONNECT_TIMEOUT_SECS,
     )?;
-    reqwest::Client::builder()
+    let reqwest = reqwest::Client::builder()
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .user_agent(concat!("inferscale-worker/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| err("upstream", format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| err("upstream", format!("cannot build the HTTP client: {e}")))?;
+    Ok(HttpClient::new(
+        reqwest,
+        connect_timeout,
+        !env.http_proxy_set,
+    ))
 }
 
 /// The per-upstream limit on calls in flight, shared by every caller of that upstream.
@@ -215,7 +226,7 @@ fn http_client(u: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
 /// (`upstream.max_concurrency`), so a slow PRM cannot starve generation or the reverse.
 fn build_stepwise(
     cfg: &WorkerConfig,
-    client: &reqwest::Client,
+    client: &HttpClient,
     upstream: &UpstreamSettings,
 ) -> Result<Option<Arc<StepwiseSetup>>, ConfigError> {
     let Some(settings) = cfg.stepwise_settings() else {
@@ -229,7 +240,7 @@ fn build_stepwise(
         .transpose()
         .map_err(|e| err("rm_api_key", e.to_string()))?;
     let prm = PrmClient::new(PrmClientSettings {
-        client: client.clone(),
+        client: client.reqwest().clone(),
         base_url: settings.rm_base_url.clone(),
         model: settings.rm_name.clone(),
         api_key,
@@ -347,7 +358,7 @@ fn build_provider(
     key: Option<SecretValue>,
     (model_param, key_param): (&'static str, &'static str),
     extra_args: Option<&BTreeMap<String, serde_json::Value>>,
-    client: &reqwest::Client,
+    client: &HttpClient,
     upstream: &UpstreamSettings,
     limit: Arc<Semaphore>,
 ) -> Result<SharedProvider, ConfigError> {
@@ -426,7 +437,7 @@ fn build_judge(
     cfg: &WorkerConfig,
     main_route: &Route,
     judge_route: &Route,
-    client: &reqwest::Client,
+    client: &HttpClient,
     upstream: &UpstreamSettings,
     main_limit: &Arc<Semaphore>,
     env: &Env,
@@ -485,6 +496,7 @@ mod tests {
         Env {
             openai_base_url: base.map(str::to_owned),
             openai_api_key_set: true,
+            http_proxy_set: false,
         }
     }
 

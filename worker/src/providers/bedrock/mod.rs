@@ -106,8 +106,8 @@ pub use self::settings::AwsEnv;
 use self::settings::{AuthPlan, converse_url, plan_auth, resolve_endpoint, resolve_region};
 use self::signing::{SIGNING_NAME, sign_headers};
 use super::{
-    BoxFuture, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError, RetryPolicy,
-    UpstreamError, UpstreamUrl, post_json, redact, send_with_retries,
+    BoxFuture, ChatProvider, Completion, HttpClient, PostAuth, PreparedCall, ProviderError,
+    RetryPolicy, UpstreamError, UpstreamUrl, post_json, redact, send_with_retries,
 };
 use crate::config::bedrock::{BedrockConfigError, check_bedrock_config};
 use crate::config::{LiveSecret, ProviderKind, SecretValue};
@@ -119,7 +119,7 @@ pub struct BedrockSettings<'a> {
     /// A Bedrock API key (bearer token), when the configuration's `api_key` holds one.
     pub api_key: Option<Arc<LiveSecret>>,
     pub env: AwsEnv,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub retry: RetryPolicy,
     pub call_timeout: Duration,
     pub limit: Arc<Semaphore>,
@@ -131,7 +131,7 @@ pub struct BedrockProvider {
     url: UpstreamUrl,
     region: String,
     auth: Auth,
-    client: reqwest::Client,
+    client: HttpClient,
     retry: RetryPolicy,
     call_timeout: Duration,
     limit: Arc<Semaphore>,
@@ -179,7 +179,7 @@ impl BedrockProvider {
             AuthPlan::Chain => Auth::Chain(CachedChain::new(&region)),
         };
         Ok(Self {
-            url: UpstreamUrl::new(converse_url(&endpoint, model_id)),
+            url: s.client.url(converse_url(&endpoint, model_id)),
             model_id: model_id.to_owned(),
             region,
             auth,

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use super::{
-    BoxFuture, Candidate, ChatProvider, Completion, PostAuth, PreparedCall, ProviderError,
-    RetryPolicy, UpstreamError, UpstreamStop, UpstreamUrl, Usage, post_json, redact,
+    BoxFuture, Candidate, ChatProvider, Completion, HttpClient, PostAuth, PreparedCall,
+    ProviderError, RetryPolicy, UpstreamError, UpstreamStop, UpstreamUrl, Usage, post_json, redact,
     send_with_retries,
 };
 use crate::config::{LiveSecret, ProviderKind};
@@ -21,7 +21,7 @@ pub struct OpenAiProvider {
     url: UpstreamUrl,
     model: String,
     api_key: Option<Arc<LiveSecret>>,
-    client: reqwest::Client,
+    client: HttpClient,
     retry: RetryPolicy,
     call_timeout: Duration,
     limit: Arc<Semaphore>,
@@ -33,7 +33,7 @@ pub struct OpenAiSettings {
     pub base_url: String,
     pub model: String,
     pub api_key: Option<Arc<LiveSecret>>,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
     pub retry: RetryPolicy,
     pub call_timeout: Duration,
     pub limit: Arc<Semaphore>,
@@ -43,7 +43,7 @@ impl OpenAiProvider {
     pub fn new(s: OpenAiSettings) -> Self {
         Self {
             kind: s.kind,
-            url: UpstreamUrl::new(format!(
+            url: s.client.url(format!(
                 "{}/chat/completions",
                 s.base_url.trim_end_matches('/')
             )),

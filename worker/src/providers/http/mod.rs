@@ -2,6 +2,8 @@
 //! failed response read (bounded) and turned into an [`UpstreamError`] by the provider, which
 //! alone knows its error format.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,25 +11,123 @@ use bytes::Bytes;
 use super::UpstreamError;
 use super::retry::parse_retry_after;
 
+mod h1;
+
+#[cfg(test)]
+pub(crate) use h1::test_server;
+
 /// Longest error body kept from an upstream (enough for any error message).
 const ERROR_BODY_LIMIT: usize = 4096;
 
+const USER_AGENT: &str = concat!("inferscale-worker/", env!("CARGO_PKG_VERSION"));
+
+/// The HTTP client of one configuration, shared by its providers. Plain-HTTP upstreams (vLLM in
+/// the cluster, where the worker's CPU per call matters most) go through the worker's own
+/// HTTP/1.1 client ([`h1`]); HTTPS upstreams, URLs with user info, and every upstream when the
+/// environment configures an HTTP proxy go through reqwest, which implements TLS and proxies.
+#[derive(Clone)]
+pub struct HttpClient {
+    reqwest: reqwest::Client,
+    /// `None` when plain HTTP goes through reqwest too (a proxy is configured).
+    own: Option<OwnClient>,
+}
+
+#[derive(Clone)]
+struct OwnClient {
+    connect_timeout: Duration,
+    /// One connection pool per `host:port`, shared by the providers of the configuration that
+    /// call it (candidates and a judge on the same server, say). Looked up only when a
+    /// provider is built, never per call.
+    origins: Arc<Mutex<HashMap<String, Arc<h1::Origin>>>>,
+}
+
+impl HttpClient {
+    /// `own_plain_http`: whether plain-HTTP upstreams use the worker's own client; false when
+    /// the environment sets an HTTP proxy, which only reqwest honours.
+    pub fn new(reqwest: reqwest::Client, connect_timeout: Duration, own_plain_http: bool) -> Self {
+        Self {
+            reqwest,
+            own: own_plain_http.then(|| OwnClient {
+                connect_timeout,
+                origins: Arc::default(),
+            }),
+        }
+    }
+
+    /// The reqwest client (HTTPS, proxies, and the process reward model's calls).
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.reqwest
+    }
+
+    /// Parses an upstream URL once, and picks the client that will carry its calls.
+    pub fn url(&self, text: String) -> UpstreamUrl {
+        let parsed = reqwest::Url::parse(&text).map_err(|e| e.to_string());
+        let own = match (&self.own, &parsed) {
+            (Some(own), Ok(url)) => own.origin(url).map(|origin| OwnRoute {
+                origin,
+                path: path_and_query(url),
+            }),
+            _ => None,
+        };
+        UpstreamUrl { text, parsed, own }
+    }
+}
+
+impl Default for HttpClient {
+    /// reqwest's defaults, the own client for plain HTTP, a 5 s connect timeout.
+    fn default() -> Self {
+        Self::new(reqwest::Client::new(), Duration::from_secs(5), true)
+    }
+}
+
+impl OwnClient {
+    fn origin(&self, url: &reqwest::Url) -> Option<Arc<h1::Origin>> {
+        let key = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+        let mut origins = self.origins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(origin) = origins.get(&key) {
+            return Some(origin.clone());
+        }
+        let origin = Arc::new(h1::Origin::for_url(url, self.connect_timeout)?);
+        origins.insert(key, origin.clone());
+        Some(origin)
+    }
+}
+
+fn path_and_query(url: &reqwest::Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    }
+}
+
 /// An upstream URL, parsed once per configuration rather than on every call (URL parsing with
 /// IDNA mapping was ~2% of the worker's CPU under load when each call parsed its `&str`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpstreamUrl {
     text: String,
     /// A URL reqwest would refuse keeps its reason, so each call fails as it did when the
     /// string was parsed per call (the configuration checks make this unreachable in practice).
     parsed: Result<reqwest::Url, String>,
+    /// Set when the worker's own client carries this URL's calls.
+    own: Option<OwnRoute>,
+}
+
+#[derive(Clone)]
+struct OwnRoute {
+    origin: Arc<h1::Origin>,
+    path: String,
+}
+
+impl std::fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamUrl")
+            .field("text", &self.text)
+            .field("own_client", &self.own.is_some())
+            .finish()
+    }
 }
 
 impl UpstreamUrl {
-    pub fn new(text: String) -> Self {
-        let parsed = reqwest::Url::parse(&text).map_err(|e| e.to_string());
-        Self { text, parsed }
-    }
-
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -55,6 +155,69 @@ pub struct ErrorResponse {
 /// POSTs `body` as JSON to `url` with the call timeout. A non-success answer is read and handed
 /// to `on_error`, so each provider maps its own error format.
 pub async fn post_json(
+    client: &HttpClient,
+    url: &UpstreamUrl,
+    body: &Bytes,
+    call_timeout: Duration,
+    auth: PostAuth<'_>,
+    on_error: impl FnOnce(ErrorResponse) -> UpstreamError,
+) -> Result<Bytes, UpstreamError> {
+    match &url.own {
+        Some(route) => post_own(route, body, call_timeout, auth, on_error).await,
+        None => post_reqwest(&client.reqwest, url, body, call_timeout, auth, on_error).await,
+    }
+}
+
+async fn post_own(
+    route: &OwnRoute,
+    body: &Bytes,
+    call_timeout: Duration,
+    auth: PostAuth<'_>,
+    on_error: impl FnOnce(ErrorResponse) -> UpstreamError,
+) -> Result<Bytes, UpstreamError> {
+    let bearer;
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(8);
+    headers.push(("content-type", "application/json"));
+    headers.push(("accept", "*/*"));
+    headers.push(("user-agent", USER_AGENT));
+    match &auth {
+        PostAuth::None | PostAuth::Bearer("") => {}
+        PostAuth::Bearer(token) => {
+            bearer = format!("Bearer {token}");
+            headers.push(("authorization", &bearer));
+        }
+        PostAuth::Headers(signed) => {
+            headers.extend(signed.iter().map(|(n, v)| (*n, v.as_str())));
+        }
+    }
+    let response =
+        tokio::time::timeout(call_timeout, route.origin.post(&route.path, &headers, body))
+            .await
+            .map_err(|_| UpstreamError::Timeout(call_timeout))?
+            .map_err(|e| match e {
+                h1::H1Error::Connect(m) => UpstreamError::Connect(m),
+                other => UpstreamError::Transport(other.to_string()),
+            })?;
+    if (200..300).contains(&response.status) {
+        return Ok(response.body);
+    }
+    let headers = response.headers.unwrap_or_default();
+    let retry_after = parse_retry_after(
+        headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let mut body = response.body;
+    body.truncate(ERROR_BODY_LIMIT);
+    Err(on_error(ErrorResponse {
+        status: response.status,
+        retry_after,
+        headers,
+        body,
+    }))
+}
+
+async fn post_reqwest(
     client: &reqwest::Client,
     url: &UpstreamUrl,
     body: &Bytes,
@@ -145,7 +308,7 @@ mod tests {
     use crate::config::{LiveSecret, ProviderKind, SecretValue};
     use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
     use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
-    use crate::providers::{ChatProvider, RetryPolicy, UpstreamError};
+    use crate::providers::{ChatProvider, HttpClient, RetryPolicy, UpstreamError};
 
     /// Serves one canned failure on 127.0.0.1 for every request; returns the base URL.
     async fn failing_upstream(
@@ -195,7 +358,7 @@ mod tests {
             api_key: Some(Arc::new(
                 LiveSecret::new(SecretValue::Inline("sk-live-0123456789".into())).unwrap(),
             )),
-            client: reqwest::Client::new(),
+            client: HttpClient::default(),
             retry: no_retries(),
             call_timeout: Duration::from_secs(5),
             limit: Arc::new(Semaphore::new(4)),
@@ -223,7 +386,7 @@ mod tests {
             base_url: "no-scheme/v1".into(),
             model: "m".into(),
             api_key: None,
-            client: reqwest::Client::new(),
+            client: HttpClient::default(),
             retry: no_retries(),
             call_timeout: Duration::from_secs(5),
             limit: Arc::new(Semaphore::new(4)),
@@ -254,7 +417,7 @@ mod tests {
             extra_args: Some(&extra),
             api_key: None,
             env: AwsEnv::default(),
-            client: reqwest::Client::new(),
+            client: HttpClient::default(),
             retry: no_retries(),
             call_timeout: Duration::from_secs(5),
             limit: Arc::new(Semaphore::new(4)),
