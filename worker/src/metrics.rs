@@ -13,7 +13,8 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     pub budget: HistogramVec,
     pub candidates: IntCounterVec,
-    /// Candidate calls aborted because the answer was already known (early decision, adaptive).
+    /// Candidate calls the answer did not wait for (early decision, adaptive); each is aborted
+    /// unless it finishes within `upstream.straggler_grace_ms`.
     pub cancelled_calls: IntCounterVec,
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
@@ -133,7 +134,7 @@ impl Metrics {
             cancelled_calls: counter(
                 &r,
                 "inferscale_cancelled_calls_total",
-                "Candidate calls cancelled once the answer was known (early decision, adaptive).",
+                "Candidate calls the answer did not wait for (early decision, adaptive stop); aborted unless they finish within upstream.straggler_grace_ms.",
                 &["algorithm"],
             ),
             upstream_requests: counter(

@@ -15,7 +15,7 @@ use crate::config::bedrock::BedrockField;
 use crate::config::limits::{
     DEFAULT_CALL_TIMEOUT_SECS, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_JUDGE_MAX_TOKENS,
     DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_MIN_SUCCESSFUL_CANDIDATES,
-    DEFAULT_REQUEST_TIMEOUT_SECS,
+    DEFAULT_REQUEST_TIMEOUT_SECS, DEFAULT_STRAGGLER_GRACE_MS,
 };
 use crate::config::routing::{OPENAI_DEFAULT_BASE, Route, resolve_routes};
 use crate::config::{
@@ -50,6 +50,8 @@ pub struct Runtime {
     pub allow_request_override: Vec<OverrideKey>,
     /// Whether self-consistency stops once its vote is decided (off only for benchmarks).
     pub early_decision: bool,
+    /// How long a call the answer no longer waits for may still finish before it is aborted.
+    pub straggler_grace: Duration,
     /// Unix time the configuration was applied.
     pub created: u64,
     /// Step-wise search or PRM best-of-n: the settings and the PRM client.
@@ -157,6 +159,11 @@ impl Runtime {
             adaptive: cfg.adaptive.clone(),
             allow_request_override: cfg.allow_request_override.clone(),
             early_decision: cfg.early_decision.unwrap_or(true),
+            straggler_grace: Duration::from_millis(u64::from(
+                upstream
+                    .straggler_grace_ms
+                    .unwrap_or(DEFAULT_STRAGGLER_GRACE_MS),
+            )),
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -175,6 +182,7 @@ impl Runtime {
             judge: self.judge.as_ref(),
             min_successful: self.min_successful,
             early_decision: self.early_decision,
+            straggler_grace: self.straggler_grace,
             adaptive: None,
         }
     }

@@ -45,6 +45,9 @@ pub struct AlgorithmInputs<'a> {
     /// Self-consistency stops as soon as the vote can no longer change (exact, so the answer is
     /// the one waiting for every call would give). Off only as a benchmark baseline.
     pub early_decision: bool,
+    /// How long the calls an early stop no longer waits for may still finish (and keep their
+    /// connections) before they are aborted.
+    pub straggler_grace: Duration,
     /// Self-consistency samples in a rolling window and stops when this rule is confident.
     pub adaptive: Option<AdaptivePolicy>,
 }
@@ -260,9 +263,7 @@ async fn generate(
             started += 1;
         }
     }
-    let cancelled = in_flight.len();
-    // Dropping the fan-out aborts the calls still running and closes their connections.
-    drop(in_flight);
+    let cancelled = in_flight.release(inputs.straggler_grace);
     gather(finished, sizes, started, cancelled, stop_reason)
 }
 
@@ -543,6 +544,7 @@ mod tests {
                 judge: None,
                 min_successful: 1,
                 early_decision,
+                straggler_grace: Duration::from_millis(20),
                 adaptive,
             };
             let body = serde_json::Map::new();

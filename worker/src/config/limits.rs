@@ -30,6 +30,12 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 256;
 pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
 /// Most candidates asked for in one upstream call (OpenAI's own limit for `n`).
 pub const MAX_CANDIDATES_PER_CALL: u32 = 128;
+/// Grace of a call the answer no longer waits for, in milliseconds, when none is configured:
+/// long enough for a call that is already answering to finish (on a fast upstream most are),
+/// short against the seconds an LLM call takes, so a call still generating is stopped early.
+pub const DEFAULT_STRAGGLER_GRACE_MS: u32 = 20;
+/// Longest straggler grace accepted, in milliseconds.
+pub const MAX_STRAGGLER_GRACE_MS: u32 = 10_000;
 /// Fewest successful candidates an answer needs when none is configured.
 pub const DEFAULT_MIN_SUCCESSFUL_CANDIDATES: u32 = 1;
 /// Judge reply token limit when none is configured.
@@ -113,6 +119,12 @@ pub fn check_upstream(u: &UpstreamSettings, max_budget: u32) -> Result<(), Confi
         u.candidates_per_call,
         1,
         MAX_CANDIDATES_PER_CALL,
+    )?;
+    check_count(
+        "upstream.straggler_grace_ms",
+        u.straggler_grace_ms,
+        0,
+        MAX_STRAGGLER_GRACE_MS,
     )?;
     // More required successes than candidates could ever exist would fail every request.
     check_count(

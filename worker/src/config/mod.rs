@@ -350,6 +350,11 @@ pub struct UpstreamSettings {
     /// call per candidate. Not available with Bedrock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidates_per_call: Option<u32>,
+    /// Milliseconds a call the answer no longer waits for (early decision, adaptive stop) may
+    /// still take to finish before it is aborted (default 20; 0 aborts at once). One that
+    /// finishes keeps its connection for the next call instead of closing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub straggler_grace_ms: Option<u32>,
 }
 
 /// Log output format.
