@@ -11,6 +11,7 @@
 //! * Ties go to the candidate that came first, so the same candidates always give the same winner.
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::Write as _;
 
 use regex::Regex;
 use serde_json::Value;
@@ -334,56 +335,69 @@ pub fn canonical_args(raw: &str, exclude: &[String]) -> String {
             for name in exclude {
                 map.remove(name);
             }
-            let mut out = String::with_capacity(raw.len());
-            write_canonical(&Value::Object(map), &mut out);
-            out
+            canonical_string(&Value::Object(map), raw.len())
         }
-        Ok(other) => {
-            let mut out = String::new();
-            write_canonical(&other, &mut out);
-            out
-        }
+        Ok(other) => canonical_string(&other, raw.len()),
         Err(_) if raw.trim().is_empty() => "{}".to_owned(),
         Err(_) => raw.trim().to_owned(),
     }
 }
 
+fn canonical_string(v: &Value, capacity: usize) -> String {
+    let mut out = Vec::with_capacity(capacity);
+    write_canonical(v, &mut out);
+    // serde_json writes UTF-8 and so does every arm below: the lossy branch is never taken.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 // Written by hand rather than with serde_json::to_string: key order must not depend on whether
-// some other crate in the build enabled serde_json's `preserve_order`.
-fn write_canonical(v: &Value, out: &mut String) {
+// some other crate in the build enabled serde_json's `preserve_order`. Strings are escaped by
+// serde_json straight into the output (this runs for every tool call on every vote).
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
-            out.push('{');
+            out.push(b'{');
             for (n, k) in keys.into_iter().enumerate() {
                 if n > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_json_string(k, out);
+                out.push(b':');
                 write_canonical(&map[k], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (n, item) in items.iter().enumerate() {
                 if n > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        Value::Number(num) => match num.as_f64() {
-            Some(f) if num.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
-                out.push_str(&(f as i64).to_string())
-            }
-            _ => out.push_str(&num.to_string()),
-        },
-        other => out.push_str(&other.to_string()),
+        Value::Number(num) => {
+            // Writing to a Vec cannot fail.
+            let _ = match num.as_f64() {
+                Some(f) if num.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    write!(out, "{}", f as i64)
+                }
+                _ => write!(out, "{num}"),
+            };
+        }
+        Value::String(text) => write_json_string(text, out),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Null => out.extend_from_slice(b"null"),
     }
+}
+
+fn write_json_string(text: &str, out: &mut Vec<u8>) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 #[cfg(test)]
