@@ -228,6 +228,22 @@ mod tests {
             }),
             Some("upstream.candidates_per_call")
         );
+        assert_eq!(
+            over(UpstreamSettings {
+                straggler_grace_ms: Some(MAX_STRAGGLER_GRACE_MS + 1),
+                ..Default::default()
+            }),
+            Some("upstream.straggler_grace_ms")
+        );
+        // Zero is allowed: released calls are aborted at once.
+        check_upstream(
+            &UpstreamSettings {
+                straggler_grace_ms: Some(0),
+                ..Default::default()
+            },
+            16,
+        )
+        .unwrap();
         check_upstream(&UpstreamSettings::default(), 16).unwrap();
     }
 
