@@ -125,7 +125,7 @@ pub async fn run_calls(
     metrics: &Arc<UpstreamMetrics>,
 ) -> Vec<CallResult> {
     if let [call] = calls {
-        // A single call needs no task of its own.
+        // A single call needs no fan-out.
         return vec![timed_call(provider, call, metrics).await];
     }
     let mut in_flight = InFlight::spawn(provider, calls, metrics);

@@ -13,7 +13,7 @@
 //! `Connection: close` and HTTP/1.0 honoured. Everything read is bounded ([`MAX_HEAD_BYTES`],
 //! [`MAX_BODY_BYTES`]). HTTPS, proxies and URLs with user info stay with reqwest.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -136,29 +136,26 @@ impl Origin {
         }
     }
 
+    /// Head and body in one buffer, so the request leaves in one `send`.
     fn request_bytes(
         &self,
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<u8>, H1Error> {
-        let mut head = String::with_capacity(256);
-        head.push_str("POST ");
-        head.push_str(path);
-        head.push_str(" HTTP/1.1\r\nhost: ");
-        head.push_str(&self.host);
-        // Writing to a String cannot fail.
-        let _ = write!(head, "\r\ncontent-length: {}\r\n", body.len());
+        let mut request = Vec::with_capacity(256 + body.len());
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            request,
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
+            self.host,
+            body.len()
+        );
         for (name, value) in headers {
             check_header(name, value)?;
-            head.push_str(name);
-            head.push_str(": ");
-            head.push_str(value);
-            head.push_str("\r\n");
+            let _ = write!(request, "{name}: {value}\r\n");
         }
-        head.push_str("\r\n");
-        let mut request = Vec::with_capacity(head.len() + body.len());
-        request.extend_from_slice(head.as_bytes());
+        request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);
         Ok(request)
     }
