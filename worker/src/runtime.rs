@@ -26,7 +26,7 @@ use crate::judge::Judge;
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::providers::bedrock::{AwsEnv, BedrockProvider, BedrockSettings};
 use crate::providers::openai::{OpenAiProvider, OpenAiSettings};
-use crate::providers::{HttpClient, RetryPolicy, SharedProvider};
+use crate::providers::{HttpClient, RetryPolicy, SharedProvider, USER_AGENT};
 use crate::reward::{PrmClient, PrmClientSettings};
 
 pub struct Runtime {
@@ -218,7 +218,7 @@ fn http_client(u: &UpstreamSettings, env: &Env) -> Result<HttpClient, ConfigErro
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .user_agent(concat!("inferscale-worker/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
         .map_err(|e| err("upstream", format!("cannot build the HTTP client: {e}")))?;
     Ok(HttpClient::new(

@@ -22,7 +22,8 @@ use serde_json::{Map, Value};
 use crate::config::ProviderKind;
 
 pub use http::{
-    ErrorResponse, HttpClient, PostAuth, UpstreamUrl, post_json, root_cause, transport_error,
+    ErrorResponse, HttpClient, PostAuth, USER_AGENT, UpstreamUrl, post_json, root_cause,
+    transport_error,
 };
 pub use redact::redact;
 pub use retry::{RetryPolicy, parse_retry_after, send_with_retries};

@@ -19,7 +19,8 @@ pub(crate) use h1::test_server;
 /// Longest error body kept from an upstream (enough for any error message).
 const ERROR_BODY_LIMIT: usize = 4096;
 
-const USER_AGENT: &str = concat!("inferscale-worker/", env!("CARGO_PKG_VERSION"));
+/// What both clients send as `user-agent`.
+pub const USER_AGENT: &str = concat!("inferscale-worker/", env!("CARGO_PKG_VERSION"));
 
 /// The HTTP client of one configuration, shared by its providers. Plain-HTTP upstreams (vLLM in
 /// the cluster, where the worker's CPU per call matters most) go through the worker's own
@@ -202,19 +203,11 @@ async fn post_own(
         return Ok(response.body);
     }
     let headers = response.headers.unwrap_or_default();
-    let retry_after = parse_retry_after(
-        headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let mut body = response.body;
-    body.truncate(ERROR_BODY_LIMIT);
-    Err(on_error(ErrorResponse {
-        status: response.status,
-        retry_after,
+    Err(on_error(error_response(
+        response.status,
         headers,
-        body,
-    }))
+        response.body,
+    )))
 }
 
 async fn post_reqwest(
@@ -256,16 +249,22 @@ async fn post_reqwest(
         .map_err(|e| transport_error(e, call_timeout))
 }
 
-/// Reads a non-success response: status, `Retry-After`, headers and a bounded body.
+/// Reads a non-success response of reqwest.
 async fn read_error(resp: reqwest::Response) -> ErrorResponse {
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap_or_default();
+    error_response(status, headers, body)
+}
+
+/// What a provider sees of a non-success response, from either client: status, the bounded
+/// `Retry-After`, headers and the start of the body.
+fn error_response(status: u16, headers: http::HeaderMap, mut body: Bytes) -> ErrorResponse {
     let retry_after = parse_retry_after(
         headers
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok()),
     );
-    let mut body = resp.bytes().await.unwrap_or_default();
     body.truncate(ERROR_BODY_LIMIT);
     ErrorResponse {
         status,
