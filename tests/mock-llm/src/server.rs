@@ -281,27 +281,47 @@ async fn chat_inner(
         return step_reply(st, &scn, steps, &req, &value, d.seq);
     }
     let choices = answer_choices(st, &scn, &req.conv, &d, req.n);
+    completion_reply(&scn, &req, d.seq, &choices, None)
+}
+
+/// A chat completion of `choices`, as one JSON body or as SSE when the request streams; with
+/// vLLM's `stop_reason` next to each `finish_reason` when given (step mode).
+fn completion_reply(
+    scn: &Scenario,
+    req: &ChatRequest,
+    seq: u64,
+    choices: &[Resolved],
+    stop_reasons: Option<&[Value]>,
+) -> Response {
     let ctx = RenderCtx {
-        id: format!("chatcmpl-mock-{}", d.seq),
+        id: format!("chatcmpl-mock-{seq}"),
         created: unix_now(),
         model: req.model.clone(),
     };
-    let usage = Usage::for_choices(prompt_tokens(&req.conv.messages), &choices);
+    let usage = Usage::for_choices(prompt_tokens(&req.conv.messages), choices);
     if req.stream {
-        let events = openai::render_sse(
+        let mut events = openai::render_sse(
             &ctx,
-            &choices,
+            choices,
             usage,
             req.include_usage,
             scn.stream.chunk_chars,
         );
-        sse_response(events, scn.stream.chunk_delay_ms)
-    } else {
-        json_response(
-            StatusCode::OK,
-            &openai::render_completion(&ctx, &choices, usage),
-        )
+        if let Some(reasons) = stop_reasons {
+            events = events
+                .into_iter()
+                .map(|e| with_stop_reason_sse(e, reasons))
+                .collect();
+        }
+        return sse_response(events, scn.stream.chunk_delay_ms);
     }
+    let mut v = openai::render_completion(&ctx, choices, usage);
+    if let (Some(reasons), Some(arr)) = (stop_reasons, v["choices"].as_array_mut()) {
+        for (c, reason) in arr.iter_mut().zip(reasons) {
+            c["stop_reason"] = reason.clone();
+        }
+    }
+    json_response(StatusCode::OK, &v)
 }
 
 /// Step mode: one step (or the rest of the solution) per choice, with
@@ -334,32 +354,7 @@ fn step_reply(
         .iter()
         .map(|r| r.stop_reason.clone().map_or(Value::Null, Value::String))
         .collect();
-    let ctx = RenderCtx {
-        id: format!("chatcmpl-mock-{seq}"),
-        created: unix_now(),
-        model: req.model.clone(),
-    };
-    let usage = Usage::for_choices(prompt_tokens(&req.conv.messages), &choices);
-    if req.stream {
-        let events = openai::render_sse(
-            &ctx,
-            &choices,
-            usage,
-            req.include_usage,
-            scn.stream.chunk_chars,
-        )
-        .into_iter()
-        .map(|e| with_stop_reason_sse(e, &stop_reasons))
-        .collect();
-        return sse_response(events, scn.stream.chunk_delay_ms);
-    }
-    let mut v = openai::render_completion(&ctx, &choices, usage);
-    if let Some(arr) = v["choices"].as_array_mut() {
-        for (c, reason) in arr.iter_mut().zip(&stop_reasons) {
-            c["stop_reason"] = reason.clone();
-        }
-    }
-    json_response(StatusCode::OK, &v)
+    completion_reply(scn, req, seq, &choices, Some(&stop_reasons))
 }
 
 /// Add `stop_reason` to the finish chunk of an SSE event.
